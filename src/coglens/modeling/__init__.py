@@ -1,0 +1,40 @@
+"""Native CogVLM modeling: configuration, vision tower, decoder with visual experts, checkpoint loading."""
+
+from .configuration_cogvlm import (
+    Cogvlm2Config,
+    Cogvlm2VideoConfig,
+    CogvlmConfig,
+    CogvlmVisionConfig,
+    ConfigError,
+    load_config,
+)
+from .loading import CheckpointError
+from .modeling_cogvlm import (
+    Cogvlm2ForCausalLM,
+    Cogvlm2VideoForCausalLM,
+    CogvlmForCausalLM,
+    CogvlmModel,
+    CogvlmPreTrainedModel,
+    ModelInputError,
+)
+from .routing import build_position_ids, vision_expert_mask
+
+__all__ = [
+    "CheckpointError", "ConfigError", "Cogvlm2Config", "Cogvlm2ForCausalLM", "Cogvlm2VideoConfig",
+    "Cogvlm2VideoForCausalLM", "CogvlmConfig", "CogvlmForCausalLM", "CogvlmModel", "CogvlmPreTrainedModel",
+    "CogvlmVisionConfig", "ModelInputError", "build_position_ids", "load_config", "vision_expert_mask",
+]
+
+
+def register_auto_classes() -> None:
+    """Make transformers' Auto classes resolve our model types without trust_remote_code."""
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+    for config_cls, lm_cls in (
+        (CogvlmConfig, CogvlmForCausalLM),
+        (Cogvlm2Config, Cogvlm2ForCausalLM),
+        (Cogvlm2VideoConfig, Cogvlm2VideoForCausalLM),
+    ):
+        AutoConfig.register(config_cls.model_type, config_cls, exist_ok=True)
+        AutoModelForCausalLM.register(config_cls, lm_cls, exist_ok=True)
+    AutoModel.register(CogvlmConfig, CogvlmModel, exist_ok=True)

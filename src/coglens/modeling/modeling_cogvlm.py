@@ -1,0 +1,317 @@
+"""CogVLM / CogVLM2 / CogVLM2-Video as native transformers models (no remote code, no xformers, no triton).
+
+Parity-checked against the outputs of THUDM's remote code (``shared/fixtures/parity``): same module names,
+same routing, same position ids, same numerics in float32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+
+from .configuration_cogvlm import CogvlmConfig, Cogvlm2Config, Cogvlm2VideoConfig
+from .language import CogvlmRMSNorm, CogVLMDecoderLayer
+from .routing import VISION_TOKEN_TYPE, build_position_ids, vision_expert_mask
+from .vision import EVA2CLIPModel
+
+ImagesArg = Sequence[Sequence[torch.Tensor]] | None
+
+
+class ModelInputError(ValueError):
+    """Inputs that do not fit the model (image slots vs images, missing positions...)."""
+
+
+class CogvlmPreTrainedModel(PreTrainedModel):
+    config_class = CogvlmConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    # accelerate's device_map never splits these (a split layer would shuttle activations mid-layer)
+    _no_split_modules = ["CogVLMDecoderLayer", "EVA2CLIPTransformerLayer"]
+    _supports_sdpa = True
+    _skip_keys_device_placement = "past_key_values"
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            nn.init.normal_(module.weight, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=std)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, CogvlmRMSNorm):
+            nn.init.ones_(module.weight)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Any, *args: Any, **kwargs: Any):  # type: ignore[override]
+        """Load a THUDM checkpoint folder as released (see :func:`coglens.modeling.loading.load_pretrained`)."""
+        from .loading import load_pretrained
+
+        return load_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs)
+
+
+class CogvlmModel(CogvlmPreTrainedModel):
+    def __init__(self, config: CogvlmConfig) -> None:
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(CogVLMDecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = CogvlmRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.vision = EVA2CLIPModel(config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embed_tokens = value
+
+    def encode_images(self, images: ImagesArg) -> torch.Tensor:
+        """All images of the batch (rows in order) -> (total image tokens, hidden).
+
+        An entry may be one image (3, S, S) or a video clip (T, 3, S, S); every frame is encoded as an image.
+        """
+        pixels = [img if img.dim() == 4 else img.unsqueeze(0) for row in images or [] for img in row]
+        if not pixels:
+            return torch.empty(0, self.config.hidden_size, device=self.embed_tokens.weight.device)
+        size = self.config.vision_config.image_size
+        for p in pixels:
+            if tuple(p.shape[-3:]) != (3, size, size):
+                raise ModelInputError(
+                    f"image tensor of shape {tuple(p.shape)} does not fit this model: it expects (3, {size}, {size}) "
+                    "pixels (or (T, 3, S, S) for a video); preprocess images with CogvlmProcessor"
+                )
+        param = self.vision.patch_embedding.proj.weight
+        batch = torch.cat(pixels).to(device=param.device, dtype=param.dtype)
+        return self.vision(batch).flatten(0, 1)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        images: ImagesArg = None,
+        token_type_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> BaseModelOutputWithPast:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ModelInputError("pass exactly one of input_ids or inputs_embeds")
+        ref = input_ids if input_ids is not None else inputs_embeds
+        b, n = ref.shape[:2]
+        device = ref.device
+        past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if token_type_ids is None:
+            token_type_ids = torch.zeros(b, n, dtype=torch.long, device=device)
+        has_vision = bool((token_type_ids == VISION_TOKEN_TYPE).any())
+        if inputs_embeds is None:
+            # ids in image spans are placeholders, overwritten below; keep them inside the vocabulary
+            ids = input_ids.masked_fill(token_type_ids == VISION_TOKEN_TYPE, 0) if has_vision else input_ids
+            inputs_embeds = self.embed_tokens(ids)
+            if has_vision:
+                inputs_embeds = self._merge_image_features(inputs_embeds, images, token_type_ids)
+        if attention_mask is None:
+            attention_mask = torch.ones(b, past_len + n, dtype=torch.long, device=device)
+        if position_ids is None:
+            position_ids = self._default_position_ids(token_type_ids, attention_mask, past_key_values, past_len, n)
+        if use_cache if use_cache is not None else self.config.use_cache:
+            if past_key_values is None:
+                past_key_values = DynamicCache()
+            # remembered so a caller's manual decode loop needs no position ids
+            past_key_values.cogvlm_next_position = position_ids[:, -1] + 1
+        else:
+            past_key_values = None
+        vision_mask = vision_expert_mask(token_type_ids) if has_vision and self.config.has_vision_experts else None
+        bias = attention_bias(attention_mask, n, past_len, inputs_embeds.dtype)
+
+        hidden = inputs_embeds
+        all_hidden: tuple[torch.Tensor, ...] | None = () if output_hidden_states else None
+        for layer in self.layers:
+            if all_hidden is not None:
+                all_hidden += (hidden,)
+            hidden = layer(hidden, vision_mask, position_ids, bias, past_key_values)
+        hidden = self.norm(hidden)
+        if all_hidden is not None:
+            all_hidden += (hidden,)
+        return BaseModelOutputWithPast(last_hidden_state=hidden, past_key_values=past_key_values,
+                                       hidden_states=all_hidden)
+
+    def _merge_image_features(
+        self, embeds: torch.Tensor, images: ImagesArg, token_type_ids: torch.Tensor
+    ) -> torch.Tensor:
+        slots = int((token_type_ids == VISION_TOKEN_TYPE).sum())
+        if not images or not any(len(row) for row in images):
+            raise ModelInputError(
+                f"token_type_ids mark {slots} vision positions but no images were given; pass images=[[pixels], ...]"
+                " (one list per row) or mark the positions as language (0)"
+            )
+        features = self.encode_images(images)
+        if features.shape[0] != slots:
+            n_img = sum(img.shape[0] if img.dim() == 4 else 1 for row in images for img in row)
+            raise ModelInputError(
+                f"the batch has {slots} vision-typed positions but its {n_img} image(s)/frame(s) give "
+                f"{features.shape[0]} feature tokens ({self.config.num_image_tokens} each); build inputs with "
+                "CogvlmProcessor or build_conversation_input_ids so that every image gets one span"
+            )
+        return embeds.index_put((token_type_ids == VISION_TOKEN_TYPE,), features.to(embeds.dtype))
+
+    @staticmethod
+    def _default_position_ids(
+        token_type_ids: torch.Tensor, attention_mask: torch.Tensor, cache: Cache | None, past_len: int, n: int
+    ) -> torch.Tensor:
+        if past_len == 0:
+            return build_position_ids(token_type_ids, attention_mask)
+        start = getattr(cache, "cogvlm_next_position", None)
+        if start is None:
+            raise ModelInputError(
+                "position_ids are needed to continue from a cache that coglens did not fill: CogVLM compresses "
+                "each image to 3 positions, so they cannot be inferred from the cache length"
+            )
+        return start.unsqueeze(1) + torch.arange(n, device=start.device)
+
+
+def attention_bias(attention_mask: torch.Tensor, q_len: int, past_len: int, dtype: torch.dtype) -> torch.Tensor | None:
+    """Additive (B, 1, q, k) mask, or None when SDPA's own causal path is exact (no padding, no cache offset).
+
+    Masked cells get finfo.min, and cells that are both padded and in the future get -inf (min + min), as the
+    original does: a pad query row then still has finite weights and never produces NaN.
+    """
+    no_padding = bool(attention_mask.all())
+    if no_padding and (past_len == 0 or q_len == 1):
+        return None
+    k_len = attention_mask.shape[1]
+    device = attention_mask.device
+    big = torch.finfo(dtype).min
+    q_pos = torch.arange(past_len, past_len + q_len, device=device).view(-1, 1)
+    future = torch.arange(k_len, device=device).view(1, -1) > q_pos
+    bias = torch.zeros(q_len, k_len, dtype=dtype, device=device).masked_fill(future, big)
+    pad = torch.zeros(attention_mask.shape, dtype=dtype, device=device).masked_fill(~attention_mask.bool(), big)
+    return bias.view(1, 1, q_len, k_len) + pad.view(-1, 1, 1, k_len)
+
+
+class CogvlmForCausalLM(CogvlmPreTrainedModel, GenerationMixin):
+    def __init__(self, config: CogvlmConfig) -> None:
+        super().__init__(config)
+        self.model = CogvlmModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        images: ImagesArg = None,
+        token_type_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        logits_to_keep: int = 0,
+        **kwargs: Any,
+    ) -> CausalLMOutputWithPast:
+        out = self.model(
+            input_ids=input_ids, images=images, token_type_ids=token_type_ids, attention_mask=attention_mask,
+            position_ids=position_ids, past_key_values=past_key_values, inputs_embeds=inputs_embeds,
+            use_cache=use_cache, output_hidden_states=output_hidden_states,
+        )
+        hidden = out.last_hidden_state
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
+        logits = self.lm_head(hidden).float()  # the original casts logits to float32
+        loss = None
+        if labels is not None:
+            shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1])
+            shift_labels = labels[:, 1:].reshape(-1).to(logits.device)
+            loss = nn.functional.cross_entropy(shift_logits, shift_labels, ignore_index=-100)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values,
+                                      hidden_states=out.hidden_states)
+
+    # --- generation: keep token types and compressed positions right across decode steps -----------------
+
+    def _prepare_attention_mask_for_generation(self, inputs_tensor: torch.Tensor, *args: Any, **kwargs: Any):
+        # placeholder ids in image spans may equal the pad id, so never infer a mask from pad ids (as the original)
+        return torch.ones(inputs_tensor.shape[:2], dtype=torch.long, device=inputs_tensor.device)
+
+    def prepare_inputs_for_generation(  # type: ignore[override]
+        self,
+        input_ids: torch.LongTensor,
+        past_key_values: Cache | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        images: ImagesArg = None,
+        inputs_embeds: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        position_ids = build_position_ids(token_type_ids, attention_mask)
+        inputs: dict[str, Any] = {
+            "input_ids": input_ids[:, past_len:],
+            "token_type_ids": token_type_ids[:, past_len:],
+            "position_ids": position_ids[:, past_len:],
+            "attention_mask": attention_mask,
+            "past_key_values": past_key_values,
+            "use_cache": kwargs.get("use_cache", True),
+        }
+        if past_len == 0:
+            inputs["images"] = images  # decode steps never look at images again
+            if inputs_embeds is not None:
+                inputs["inputs_embeds"], inputs["input_ids"] = inputs_embeds, None
+        for key in ("logits_to_keep", "output_hidden_states"):
+            if key in kwargs:
+                inputs[key] = kwargs[key]
+        return inputs
+
+    def _update_model_kwargs_for_generation(  # type: ignore[override]
+        self, outputs: Any, model_kwargs: dict[str, Any], is_encoder_decoder: bool = False, num_new_tokens: int = 1
+    ) -> dict[str, Any]:
+        types = model_kwargs.get("token_type_ids")
+        model_kwargs = super()._update_model_kwargs_for_generation(
+            outputs, model_kwargs, is_encoder_decoder=is_encoder_decoder, num_new_tokens=num_new_tokens
+        )
+        if types is not None:  # generated tokens are language tokens (the base class would repeat the last type)
+            model_kwargs["token_type_ids"] = torch.cat([types, types.new_zeros(types.shape[0], num_new_tokens)], 1)
+        return model_kwargs
+
+    def build_conversation_input_ids(self, tokenizer: Any, **kwargs: Any) -> dict[str, Any]:
+        """The model-card method: same arguments and return dict as THUDM's (see ``coglens.processing``)."""
+        from ..processing.conversation import build_conversation_input_ids
+
+        return build_conversation_input_ids(tokenizer, config=self.config, **kwargs)
+
+
+class Cogvlm2ForCausalLM(CogvlmForCausalLM):
+    config_class = Cogvlm2Config
+
+
+class Cogvlm2VideoForCausalLM(CogvlmForCausalLM):
+    config_class = Cogvlm2VideoConfig
