@@ -1,0 +1,327 @@
+"""Batched, streaming generation over a KV cache; requests join and leave between decode steps.
+
+The engine is synchronous: ``step()`` runs one decode step for every running request and prefills waiting
+ones. The CLI and the lens drive it directly (``generate`` / ``stream``); the server drives it from one worker
+thread, adding and aborting requests from others (``add`` and ``abort`` are thread-safe).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..modeling.routing import build_position_ids
+from .cache import BatchKVCache, pad_mask_left
+from .params import EngineInputError, GenerationRequest, GenerationResult, TokenEvent
+from .sampling import sample_next
+
+
+@dataclass
+class _Sequence:
+    request: GenerationRequest
+    prompt_positions: int
+    generator: torch.Generator | None = None
+    generated: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    emitted: int = 0  # characters of the text already streamed
+    text: str = ""
+    finish_reason: str | None = None
+    events: deque[TokenEvent] = field(default_factory=deque)
+
+
+@dataclass
+class EngineStats:
+    """Counters the server exports as metrics: they show batching at work."""
+
+    prefill_batches: int = 0
+    prefill_sequences: int = 0
+    decode_steps: int = 0
+    decode_rows: int = 0  # sum of the batch sizes of all decode steps
+    generated_tokens: int = 0
+    max_running: int = 0
+
+
+class Engine:
+    def __init__(self, model: Any, tokenizer: Any, *, max_batch_size: int = 8) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.max_batch_size = max_batch_size
+        self.device = model.get_input_embeddings().weight.device
+        self.max_positions = int(model.config.max_position_embeddings)
+        self.eos_ids = _eos_ids(model, tokenizer)
+        self.pad_id = 0
+        self.stats = EngineStats()
+        self._lock = threading.Lock()
+        self._waiting: deque[_Sequence] = deque()
+        self._running: list[_Sequence] = []
+        self._by_id: dict[str, _Sequence] = {}
+        self._aborted: set[str] = set()
+        self._cache = BatchKVCache()
+        self._mask = torch.zeros(0, 0, dtype=torch.long, device=self.device)
+        self._positions = torch.zeros(0, dtype=torch.long, device=self.device)
+        self._last = torch.zeros(0, dtype=torch.long, device=self.device)
+
+    # --- public API -----------------------------------------------------------------------------------
+
+    def add(self, request: GenerationRequest) -> None:
+        """Queue a request; it is prefilled at the next step with room in the batch."""
+        positions = int(build_position_ids(request.token_type_ids.view(1, -1))[0, -1]) + 1
+        if positions > self.max_positions:
+            raise EngineInputError(
+                f"the prompt takes {positions} positions but the model has {self.max_positions}; shorten it"
+            )
+        if positions + request.params.max_new_tokens > self.max_positions:
+            raise EngineInputError(
+                f"max_new_tokens={request.params.max_new_tokens} does not fit: the prompt takes {positions} of the "
+                f"model's {self.max_positions} positions, so at most {self.max_positions - positions} can be generated"
+            )
+        seq = _Sequence(request, positions, generator=self._generator(request.params.seed))
+        with self._lock:
+            if request.request_id in self._by_id:
+                raise EngineInputError(f"request id {request.request_id!r} is already running")
+            self._by_id[request.request_id] = seq
+            self._waiting.append(seq)
+
+    def abort(self, request_id: str) -> None:
+        """Stop a request (e.g. its client went away); it leaves the batch at the next step."""
+        with self._lock:
+            if request_id in self._by_id:
+                self._aborted.add(request_id)
+
+    def has_work(self) -> bool:
+        return bool(self._waiting or self._running)
+
+    @torch.inference_mode()
+    def step(self) -> list[TokenEvent]:
+        """Decode one token for every running request, then admit waiting ones; returns the new events."""
+        events: list[TokenEvent] = []
+        self._drop_aborted(events)
+        if self._running:
+            events += self._decode()
+        admitted = self._admit()
+        if admitted:
+            events += self._prefill(admitted)
+        self._retire()
+        self.stats.max_running = max(self.stats.max_running, len(self._running))
+        return events
+
+    def stream(self, request: GenerationRequest) -> Iterator[TokenEvent]:
+        """Run one request to the end, yielding its events as they come (drives the engine itself)."""
+        self.add(request)
+        seq = self._by_id[request.request_id]
+        try:
+            while True:
+                while seq.events:
+                    event = seq.events.popleft()
+                    yield event
+                    if event.finished:
+                        return
+                self.step()
+        finally:
+            if seq.finish_reason is None:
+                self.abort(request.request_id)
+                self.step()  # takes the aborted row out of the batch
+            self.release(request.request_id)
+
+    def generate(self, requests: Iterable[GenerationRequest]) -> list[GenerationResult]:
+        """Run requests together (batched up to ``max_batch_size``) and return their results in order."""
+        requests = list(requests)
+        for r in requests:
+            self.add(r)
+        seqs = [self._by_id[r.request_id] for r in requests]
+        while any(s.finish_reason is None for s in seqs):
+            self.step()
+        results = [self.result(r.request_id) for r in requests]
+        for r in requests:
+            self.release(r.request_id)
+        return results
+
+    def result(self, request_id: str) -> GenerationResult:
+        seq = self._by_id[request_id]
+        return GenerationResult(request_id, list(seq.generated), seq.text, seq.finish_reason or "abort",
+                                int(seq.request.input_ids.numel()), list(seq.logprobs))
+
+    def pop_events(self, request_id: str) -> list[TokenEvent]:
+        """Events of one request not yet taken (for a driver thread that fans events out)."""
+        seq = self._by_id.get(request_id)
+        if seq is None:
+            return []
+        out = list(seq.events)
+        seq.events.clear()
+        return out
+
+    def release(self, request_id: str) -> None:
+        """Forget a finished request once its caller has taken its events and result."""
+        with self._lock:
+            seq = self._by_id.get(request_id)
+            if seq is not None and seq.finish_reason is not None and seq not in self._running:
+                del self._by_id[request_id]
+
+    def num_waiting(self) -> int:
+        return len(self._waiting)
+
+    def num_running(self) -> int:
+        return len(self._running)
+
+    # --- internals ------------------------------------------------------------------------------------
+
+    def _generator(self, seed: int | None) -> torch.Generator:
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(seed if seed is not None else random.getrandbits(63))
+        return gen
+
+    def _admit(self) -> list[_Sequence]:
+        with self._lock:
+            room = self.max_batch_size - len(self._running)
+            admitted = []
+            while self._waiting and room > 0:
+                admitted.append(self._waiting.popleft())
+                room -= 1
+        return admitted
+
+    def _prefill(self, seqs: list[_Sequence]) -> list[TokenEvent]:
+        width = max(s.request.input_ids.numel() for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        types = torch.zeros_like(ids)
+        mask = torch.zeros_like(ids)
+        for row, s in enumerate(seqs):
+            n = s.request.input_ids.numel()
+            ids[row, width - n:] = s.request.input_ids
+            types[row, width - n:] = s.request.token_type_ids
+            mask[row, width - n:] = 1
+        ids, types, mask = ids.to(self.device), types.to(self.device), mask.to(self.device)
+        positions = build_position_ids(types, mask)
+        cache = BatchKVCache()
+        out = self.model(input_ids=ids, images=[list(s.request.images) for s in seqs], token_type_ids=types,
+                         attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True,
+                         logits_to_keep=1)
+        self.stats.prefill_batches += 1
+        self.stats.prefill_sequences += len(seqs)
+        new_tokens, events = self._sample(seqs, out.logits[:, -1])
+        total = max(self._mask.shape[1], width)
+        self._cache.extend(cache)
+        self._mask = torch.cat((pad_mask_left(self._mask, total), pad_mask_left(mask, total)))
+        self._positions = torch.cat((self._positions, positions[:, -1] + 1))
+        self._last = torch.cat((self._last, new_tokens))
+        self._running += seqs
+        return events
+
+    def _decode(self) -> list[TokenEvent]:
+        b = len(self._running)
+        self._mask = torch.cat((self._mask, self._mask.new_ones(b, 1)), dim=1)
+        out = self.model(input_ids=self._last.view(b, 1), token_type_ids=torch.zeros_like(self._last).view(b, 1),
+                         attention_mask=self._mask, position_ids=self._positions.view(b, 1),
+                         past_key_values=self._cache, use_cache=True)
+        self.stats.decode_steps += 1
+        self.stats.decode_rows += b
+        self._positions = self._positions + 1
+        self._last, events = self._sample(self._running, out.logits[:, -1])
+        return events
+
+    def _sample(self, seqs: list[_Sequence], logits: torch.Tensor) -> tuple[torch.Tensor, list[TokenEvent]]:
+        tokens, events = [], []
+        for row, seq in enumerate(seqs):
+            if seq.finish_reason is not None:  # finished rows still ride along until retired
+                tokens.append(self.pad_id)
+                continue
+            token, logprob = sample_next(logits[row], seq.request.params, seq.request.input_ids,
+                                         seq.generated, seq.generator)
+            tokens.append(token)
+            events.append(self._advance(seq, token, logprob))
+        self.stats.generated_tokens += len(events)
+        return torch.tensor(tokens, dtype=torch.long, device=self.device), events
+
+    def _advance(self, seq: _Sequence, token: int, logprob: float) -> TokenEvent:
+        params = seq.request.params
+        seq.generated.append(token)
+        seq.logprobs.append(logprob)
+        is_eos = (token in self.eos_ids and not params.ignore_eos) or token in params.stop_token_ids
+        text_ids = seq.generated[:-1] if is_eos else seq.generated
+        full = self.tokenizer.decode(text_ids, skip_special_tokens=True)
+        visible, stopped = _visible_text(full, params.stop)
+        if is_eos or stopped:
+            seq.finish_reason = "stop"
+        elif len(seq.generated) >= params.max_new_tokens:
+            seq.finish_reason = "length"
+        if seq.finish_reason is not None and not stopped:
+            visible = full  # the end: release text held back for a possible stop string
+        delta = visible[seq.emitted:] if len(visible) > seq.emitted else ""
+        seq.emitted = max(seq.emitted, len(visible))
+        seq.text = visible if seq.finish_reason is not None else seq.text + delta
+        event = TokenEvent(seq.request.request_id, token, delta, logprob, len(seq.generated) - 1,
+                           seq.finish_reason, int(seq.request.input_ids.numel()))
+        seq.events.append(event)
+        return event
+
+    def _drop_aborted(self, events: list[TokenEvent]) -> None:
+        with self._lock:
+            aborted, self._aborted = self._aborted, set()
+            for seq in list(self._waiting):
+                if seq.request.request_id in aborted:
+                    self._waiting.remove(seq)
+                    self._finish_abort(seq, events)
+        for seq in self._running:
+            if seq.request.request_id in aborted and seq.finish_reason is None:
+                self._finish_abort(seq, events)
+        self._retire()
+
+    def _finish_abort(self, seq: _Sequence, events: list[TokenEvent]) -> None:
+        seq.finish_reason = "abort"
+        event = TokenEvent(seq.request.request_id, None, "", None, len(seq.generated), "abort",
+                           int(seq.request.input_ids.numel()))
+        seq.events.append(event)
+        events.append(event)
+
+    def _retire(self) -> None:
+        keep = [i for i, s in enumerate(self._running) if s.finish_reason is None]
+        if len(keep) == len(self._running):
+            return
+        self._running = [self._running[i] for i in keep]
+        if not keep:
+            self._cache = BatchKVCache()
+            self._mask = self._mask[:0, :0]
+            self._positions, self._last = self._positions[:0], self._last[:0]
+            return
+        rows = torch.tensor(keep, device=self.device)
+        self._cache.select(rows)
+        self._mask, self._positions, self._last = self._mask[rows], self._positions[rows], self._last[rows]
+        first_used = int(self._mask.any(dim=0).int().argmax())  # columns padded in every row can go
+        self._cache.trim_left(first_used)
+        self._mask = self._mask[:, first_used:]
+
+
+def _visible_text(text: str, stops: list[str]) -> tuple[str, bool]:
+    """Text safe to show now: cut at a stop string, hold back a possible stop prefix or a partial character."""
+    if stops and any(s in text for s in stops):
+        return _cut_at_stop(text, stops), True
+    end = len(text)
+    while end and text[end - 1] == "\ufffd":
+        end -= 1
+    for stop in stops:
+        for k in range(min(len(stop) - 1, end), 0, -1):
+            if text[:end].endswith(stop[:k]):
+                end -= k
+                break
+    return text[:end], False
+
+
+def _cut_at_stop(text: str, stops: list[str]) -> str:
+    cut = min((text.find(s) for s in stops if s in text), default=len(text))
+    return text[:cut]
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
+    ids: set[int] = set()
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for source in (gen_eos, model.config.eos_token_id, getattr(tokenizer, "eos_token_id", None)):
+        if isinstance(source, int):
+            ids.add(source)
+        elif source:
+            ids.update(int(x) for x in source)
+    return ids
