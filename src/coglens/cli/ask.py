@@ -1,0 +1,72 @@
+"""``coglens ask``: one question about an image (or video, or nothing), answer streamed to the terminal."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ._options import (
+    BoxesOutOpt,
+    DeviceOpt,
+    DtypeOpt,
+    ImageOpt,
+    MaxNewTokensOpt,
+    ModelOpt,
+    SeedOpt,
+    TemperatureOpt,
+    TemplateOpt,
+    TokenizerOpt,
+    TopKOpt,
+    TopPOpt,
+    VideoOpt,
+)
+
+
+def ask(
+    question: Annotated[str, typer.Argument(help="What to ask.")],
+    image: ImageOpt = None,
+    video: VideoOpt = None,
+    model: ModelOpt = None,
+    tokenizer: TokenizerOpt = None,
+    template: TemplateOpt = None,
+    dtype: DtypeOpt = None,
+    device: DeviceOpt = None,
+    max_new_tokens: MaxNewTokensOpt = 64,
+    temperature: TemperatureOpt = 0.0,
+    top_p: TopPOpt = 1.0,
+    top_k: TopKOpt = 0,
+    seed: SeedOpt = None,
+    boxes_out: BoxesOutOpt = None,
+) -> None:
+    """Ask the model one question and stream its answer."""
+    from ..engine import SamplingParams
+    from ..pipeline import Pipeline
+    from .media import load_media
+
+    pipe = Pipeline.load(model, tokenizer=tokenizer, dtype=dtype, device=device)
+    images = load_media(pipe, image=image, video=video)
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, do_sample=temperature > 0,
+                            top_p=top_p, top_k=top_k, seed=seed)
+    answer = []
+    for event in pipe.stream(question, images=images, template=template, params=params):
+        sys.stdout.write(event.text)
+        sys.stdout.flush()
+        answer.append(event.text)
+    sys.stdout.write("\n")
+    if boxes_out is not None:
+        save_boxes(image, "".join(answer), boxes_out)
+
+
+def save_boxes(image: Path | None, answer: str, out: Path) -> None:
+    from ..grounding import draw_boxes, parse_boxes
+    from ..processing.image import load_image
+
+    if image is None:
+        raise ValueError("--boxes-out needs --image: boxes are drawn on the image they refer to")
+    result = parse_boxes(answer)
+    draw_boxes(load_image(image), result).save(out)
+    typer.echo(f"{len(result.boxes)} box(es) drawn to {out}" + (f"; {len(result.errors)} malformed" if result.errors
+                                                                   else ""), err=True)

@@ -1,0 +1,40 @@
+"""The ``coglens`` command: the root only assembles the sub-commands, each lives in its own module."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import typer
+
+from .ask import ask
+from .tiny import tiny
+
+app = typer.Typer(
+    name="coglens",
+    help="Run, serve and look inside CogVLM / CogVLM2 / CogVLM2-Video.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.command()(ask)
+app.command()(tiny)
+
+
+def main() -> None:
+    """Entry point: user mistakes print one clear line (``COGLENS_DEBUG=1`` shows the traceback)."""
+    logging.basicConfig(level=os.environ.get("COGLENS_LOG", "WARNING").upper(), format="%(message)s")
+    try:
+        app()
+    except (ValueError, OSError) as exc:
+        if os.environ.get("COGLENS_DEBUG"):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

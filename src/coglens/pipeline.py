@@ -1,0 +1,123 @@
+"""One object that holds a loaded model, its tokenizer and an engine: what every command starts from.
+
+``Pipeline.load()`` with no path uses the built-in tiny checkpoint, so everything runs offline on a CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .engine import Engine, GenerationRequest, GenerationResult, SamplingParams, TokenEvent
+from .modeling import CogvlmForCausalLM
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TINY_VARIANT = "cogvlm2"
+
+
+def pick_device(device: str | None) -> torch.device:
+    """``None``/"auto" -> CUDA if present, else Apple MPS, else CPU."""
+    if device in (None, "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"unknown device {device!r}; use cpu, cuda, cuda:N, mps or auto") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but this machine has no CUDA GPU; use --device cpu")
+    return dev
+
+
+def resolve_model_path(model: str | Path | None, variant: str = DEFAULT_TINY_VARIANT) -> Path:
+    if model is None:
+        from .tiny import tiny_model_path
+
+        return tiny_model_path(variant)
+    if str(model).startswith("tiny:"):
+        from .tiny import tiny_model_path
+
+        return tiny_model_path(str(model).removeprefix("tiny:"))
+    return Path(model).expanduser()
+
+
+@dataclass
+class Pipeline:
+    model: CogvlmForCausalLM
+    tokenizer: Any
+    engine: Engine
+    model_path: Path
+
+    @classmethod
+    def load(
+        cls,
+        model: str | Path | None = None,
+        *,
+        tokenizer: str | Path | None = None,
+        dtype: str | torch.dtype | None = None,
+        device: str | None = None,
+        device_map: Any = None,
+        max_batch_size: int = 8,
+    ) -> Pipeline:
+        """Load a checkpoint folder (or ``tiny:VARIANT``; ``None`` = the tiny CogVLM2) with its tokenizer."""
+        from .processing.tokenizer import load_tokenizer
+
+        path = resolve_model_path(model)
+        if device_map is None:
+            dev = pick_device(device)
+            if dtype is None:
+                dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+            loaded = CogvlmForCausalLM.from_pretrained(path, torch_dtype=dtype, device_map=dev)
+        else:
+            loaded = CogvlmForCausalLM.from_pretrained(path, torch_dtype=dtype, device_map=device_map)
+        tok = load_tokenizer(path, tokenizer, config=loaded.config)
+        return cls(loaded, tok, Engine(loaded, tok, max_batch_size=max_batch_size), path)
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.get_input_embeddings().weight.dtype
+
+    def build_inputs(
+        self,
+        query: str,
+        *,
+        images: Sequence[Any] | None = None,
+        history: Sequence[Sequence[Any]] | None = None,
+        template: str | None = None,
+        allow_multiple_images: bool = False,
+    ) -> dict[str, Any]:
+        from .processing.conversation import build_conversation_input_ids
+
+        return build_conversation_input_ids(
+            self.tokenizer, config=self.config, query=query, history=history, images=images,
+            template_version=template, allow_multiple_images=allow_multiple_images,
+        )
+
+    def request(self, query: str, *, params: SamplingParams | None = None, request_id: str | None = None,
+                **input_options: Any) -> GenerationRequest:
+        inputs = self.build_inputs(query, **input_options)
+        extra = {"request_id": request_id} if request_id else {}
+        return GenerationRequest(inputs["input_ids"], inputs["token_type_ids"], list(inputs["images"] or []),
+                                 params or SamplingParams(), **extra)
+
+    def stream(self, query: str, *, params: SamplingParams | None = None, **input_options: Any) -> Iterator[TokenEvent]:
+        return self.engine.stream(self.request(query, params=params, **input_options))
+
+    def ask(self, query: str, *, params: SamplingParams | None = None, **input_options: Any) -> GenerationResult:
+        return self.engine.generate([self.request(query, params=params, **input_options)])[0]
+
+
+__all__ = ["DEFAULT_TINY_VARIANT", "Pipeline", "pick_device", "resolve_model_path"]
