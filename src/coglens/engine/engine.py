@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ..modeling.modeling_cogvlm import execution_device
 from ..modeling.routing import build_position_ids
 from .cache import BatchKVCache, pad_mask_left
 from .params import EngineInputError, GenerationRequest, GenerationResult, TokenEvent
@@ -52,7 +53,7 @@ class Engine:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
-        self.device = model.get_input_embeddings().weight.device
+        self.device = execution_device(model.get_input_embeddings())
         self.max_positions = int(model.config.max_position_embeddings)
         self.eos_ids = _eos_ids(model, tokenizer)
         self.pad_id = 0

@@ -89,7 +89,7 @@ class CogvlmModel(CogvlmPreTrainedModel):
                     "pixels (or (T, 3, S, S) for a video); preprocess images with CogvlmProcessor"
                 )
         param = self.vision.patch_embedding.proj.weight
-        batch = torch.cat(pixels).to(device=param.device, dtype=param.dtype)
+        batch = torch.cat(pixels).to(device=execution_device(self.vision), dtype=param.dtype)
         return self.vision(batch).flatten(0, 1)
 
     def forward(
@@ -179,6 +179,15 @@ class CogvlmModel(CogvlmPreTrainedModel):
                 "each image to 3 positions, so they cannot be inferred from the cache length"
             )
         return start.unsqueeze(1) + torch.arange(n, device=start.device)
+
+
+def execution_device(module: nn.Module) -> torch.device:
+    """Where ``module`` computes: its weights' device, or accelerate's execution device when they are offloaded."""
+    hook = getattr(module, "_hf_hook", None)
+    if getattr(hook, "execution_device", None) is not None:
+        return torch.device(hook.execution_device)
+    device = next(module.parameters()).device
+    return torch.device("cpu") if device.type == "meta" else device
 
 
 def attention_bias(attention_mask: torch.Tensor, q_len: int, past_len: int, dtype: torch.dtype) -> torch.Tensor | None:

@@ -26,7 +26,8 @@ class PatchEmbedding(nn.Module):
         x = self.proj(images).flatten(2).transpose(1, 2)  # (B, grid*grid, H), row-major patches
         cls = self.cls_embedding.expand(x.shape[0], -1, -1)
         x = torch.cat((cls, x), dim=1)
-        return x + self.position_embedding.weight.unsqueeze(0)
+        # called as a module (not .weight) so accelerate's offload hooks can load the table on demand
+        return x + self.position_embedding(torch.arange(x.shape[1], device=x.device)).unsqueeze(0)
 
 
 class Attention(nn.Module):

@@ -1,0 +1,209 @@
+"""Loading THUDM folders: every file layout, dtypes, device maps with offload, and clear errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoConfig, AutoModelForCausalLM
+
+import coglens  # noqa: F401  (registers the Auto classes)
+from coglens import Cogvlm2Config, CogvlmConfig, CogvlmForCausalLM
+from coglens.modeling import CheckpointError, ConfigError, load_config
+
+TOL = {"atol": 1e-4, "rtol": 1e-4}
+
+
+def _single_logits(model, g):
+    with torch.no_grad():
+        return model(input_ids=g["single/input_ids"], images=[[g["single/images"][0]]],
+                     token_type_ids=g["single/token_type_ids"], attention_mask=g["single/attention_mask"]).logits
+
+
+@pytest.fixture(scope="module")
+def cogvlm2(fixtures_dir):
+    return fixtures_dir / "cogvlm2-tiny", load_file(fixtures_dir / "cogvlm2-tiny-goldens/goldens.safetensors")
+
+
+def _copy_config(src, dst):
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "generation_config.json"):
+        shutil.copy(src / name, dst / name)
+
+
+@pytest.mark.parametrize("sharded", [False, True])
+def test_legacy_bin_checkpoints_load_weights_only(cogvlm2, tmp_path, sharded):
+    folder, g = cogvlm2
+    state = load_file(folder / "model.safetensors")
+    _copy_config(folder, tmp_path)
+    if sharded:
+        keys = sorted(state)
+        parts = {"pytorch_model-00001-of-00002.bin": keys[: len(keys) // 2],
+                 "pytorch_model-00002-of-00002.bin": keys[len(keys) // 2:]}
+        for name, part in parts.items():
+            torch.save({k: state[k] for k in part}, tmp_path / name)
+        index = {"weight_map": {k: name for name, part in parts.items() for k in part}}
+        (tmp_path / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+    else:
+        torch.save(state, tmp_path / "pytorch_model.bin")
+    model = CogvlmForCausalLM.from_pretrained(tmp_path)
+    torch.testing.assert_close(_single_logits(model, g), g["single/logits"], **TOL)
+
+
+def test_bin_with_code_is_refused(cogvlm2, tmp_path):
+    folder, _ = cogvlm2
+    _copy_config(folder, tmp_path)
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"x": Evil()}, tmp_path / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match="weights-only"):
+        CogvlmForCausalLM.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_dtypes(cogvlm2, dtype):
+    folder, g = cogvlm2
+    model = CogvlmForCausalLM.from_pretrained(folder, torch_dtype=dtype)
+    assert {p.dtype for p in model.parameters()} == {dtype}
+    # the rotary table stays float32 whatever the model dtype (see RotaryEmbedding)
+    assert model.model.layers[0].self_attn.rotary_emb.inv_freq.dtype == torch.float32
+    logits = _single_logits(model, g)
+    assert logits.dtype == torch.float32
+    assert (logits - g["single/logits"]).abs().max() < 0.5  # same model, half-precision rounding only
+
+
+def test_stored_inv_freq_is_used(cogvlm2):
+    folder, _ = cogvlm2
+    stored = load_file(folder / "model.safetensors")["model.layers.0.self_attn.rotary_emb.inv_freq"]
+    model = CogvlmForCausalLM.from_pretrained(folder, torch_dtype=torch.bfloat16)
+    assert torch.equal(model.model.layers[0].self_attn.rotary_emb.inv_freq, stored)
+
+
+def test_device_map_auto_with_cpu_and_disk_offload(cogvlm2, tmp_path):
+    folder, g = cogvlm2
+    model = CogvlmForCausalLM.from_pretrained(folder, device_map="auto", max_memory={"cpu": "600KB"},
+                                              offload_folder=tmp_path / "offload")
+    placement = model.hf_device_map
+    assert "disk" in placement.values() and "cpu" in placement.values()
+    # no decoder or vision layer is ever split across devices
+    for name in placement:
+        assert not any(name.startswith(p) and name != p.rstrip(".")
+                       for p in [f"model.layers.{i}." for i in range(2)] + ["model.vision.transformer.layers.0."])
+    torch.testing.assert_close(_single_logits(model, g), g["single/logits"], **TOL)
+    out = model.generate(input_ids=g["single/input_ids"], images=[[g["single/images"][0]]],
+                         token_type_ids=g["single/token_type_ids"], attention_mask=g["single/attention_mask"],
+                         max_new_tokens=10, do_sample=False, eos_token_id=3)
+    assert torch.equal(out, g["greedy_single/sequences"])
+
+
+def test_explicit_device_map_dict(cogvlm2, tmp_path):
+    folder, g = cogvlm2
+    placement = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk",
+                 "model.norm": "cpu", "model.vision": "disk", "lm_head": "cpu"}
+    model = CogvlmForCausalLM.from_pretrained(folder, device_map=placement, offload_folder=tmp_path)
+    torch.testing.assert_close(_single_logits(model, g), g["single/logits"], **TOL)
+
+
+def test_auto_classes_and_save_pretrained_round_trip(cogvlm2, tmp_path):
+    folder, g = cogvlm2
+    model = CogvlmForCausalLM.from_pretrained(folder)
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["model_type"] == "cogvlm2" and "auto_map" not in saved
+    assert isinstance(AutoConfig.from_pretrained(tmp_path), Cogvlm2Config)
+    again = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert isinstance(again, CogvlmForCausalLM)
+    torch.testing.assert_close(_single_logits(again, g), g["single/logits"], **TOL)
+
+
+def test_thudm_config_has_no_model_type_and_auto_map_is_ignored(fixtures_dir):
+    raw = json.loads((fixtures_dir / "cogvlm-tiny/config.json").read_text())
+    assert "model_type" not in raw and "auto_map" in raw
+    config = load_config(fixtures_dir / "cogvlm-tiny")
+    assert type(config) is CogvlmConfig and config.variant == "cogvlm" and config.rope_theta == 10000
+    assert not hasattr(config, "auto_map")
+    assert load_config(fixtures_dir / "cogvlm2-tiny").variant == "cogvlm2"
+    video = load_config(fixtures_dir / "cogvlm2-video-tiny")
+    assert video.variant == "cogvlm2_video" and not video.has_vision_experts and video.rope_theta == 500000
+
+
+def test_video_variant_told_apart_by_weights(fixtures_dir, tmp_path):
+    """A video folder whose config.json does not say so is recognised from its missing experts."""
+    shutil.copytree(fixtures_dir / "cogvlm2-video-tiny", tmp_path / "v")
+    cfg = json.loads((tmp_path / "v/config.json").read_text())
+    cfg["architectures"] = ["CogVLMForCausalLM"]
+    (tmp_path / "v/config.json").write_text(json.dumps(cfg))
+    assert load_config(tmp_path / "v").variant == "cogvlm2"
+    model = CogvlmForCausalLM.from_pretrained(tmp_path / "v")
+    assert model.config.variant == "cogvlm2_video" and not model.config.has_vision_experts
+
+
+@pytest.mark.parametrize("field,value,needle", [
+    ("num_attention_heads", 5, "num_attention_heads"),
+    ("num_multi_query_heads", 3, "num_multi_query_heads"),
+])
+def test_inconsistent_lm_config_names_the_field(fixtures_dir, tmp_path, field, value, needle):
+    cfg = json.loads((fixtures_dir / "cogvlm2-tiny/config.json").read_text())
+    cfg[field] = value
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError, match=needle):
+        load_config(tmp_path)
+
+
+@pytest.mark.parametrize("field,value,needle", [
+    ("image_size", 50, "vision_config.image_size"),
+    ("num_positions", 20, "vision_config.num_positions"),
+    ("num_heads", 3, "vision_config.num_heads"),
+])
+def test_inconsistent_vision_config_names_the_field(fixtures_dir, tmp_path, field, value, needle):
+    cfg = json.loads((fixtures_dir / "cogvlm2-tiny/config.json").read_text())
+    cfg["vision_config"][field] = value
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError, match=needle):
+        load_config(tmp_path)
+
+
+def test_missing_shard_names_the_file(fixtures_dir, tmp_path):
+    shutil.copytree(fixtures_dir / "cogvlm2-tiny-sharded", tmp_path / "c")
+    (tmp_path / "c/model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="model-00002-of-00002.safetensors"):
+        CogvlmForCausalLM.from_pretrained(tmp_path / "c")
+
+
+def test_shape_mismatch_names_file_key_and_both_shapes(fixtures_dir, tmp_path):
+    _copy_config(fixtures_dir / "cogvlm2-tiny", tmp_path)
+    state = load_file(fixtures_dir / "cogvlm2-tiny/model.safetensors")
+    state["model.norm.weight"] = torch.ones(32)
+    save_file(state, tmp_path / "model.safetensors")
+    with pytest.raises(CheckpointError) as err:
+        CogvlmForCausalLM.from_pretrained(tmp_path)
+    assert all(s in str(err.value) for s in ("model.safetensors", "model.norm.weight", "(32,)", "(64,)"))
+
+
+def test_unexpected_and_missing_keys(fixtures_dir, tmp_path):
+    _copy_config(fixtures_dir / "cogvlm2-tiny", tmp_path)
+    state = load_file(fixtures_dir / "cogvlm2-tiny/model.safetensors")
+    state["model.extra.weight"] = torch.ones(2)
+    save_file(state, tmp_path / "model.safetensors")
+    with pytest.raises(CheckpointError, match="model.extra.weight"):
+        CogvlmForCausalLM.from_pretrained(tmp_path)
+    del state["model.extra.weight"], state["lm_head.weight"]
+    save_file(state, tmp_path / "model.safetensors")
+    with pytest.raises(CheckpointError, match="lm_head.weight"):
+        CogvlmForCausalLM.from_pretrained(tmp_path)
+
+
+def test_not_a_checkpoint_folder(tmp_path):
+    with pytest.raises(ConfigError, match="no config.json"):
+        CogvlmForCausalLM.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 8}))
+    with pytest.raises(ConfigError, match="does not describe a CogVLM model"):
+        CogvlmForCausalLM.from_pretrained(tmp_path)
+    with pytest.raises(CheckpointError, match="not a local folder"):
+        CogvlmForCausalLM.from_pretrained(tmp_path / "nope")
