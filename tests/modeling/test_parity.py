@@ -179,7 +179,7 @@ def test_bfloat16_greedy_tokens_agree(fixtures_dir, name):
                          token_type_ids=g["single/token_type_ids"], attention_mask=g["single/attention_mask"],
                          max_new_tokens=10, do_sample=False, eos_token_id=3)
     got, want = out[0, -10:].tolist(), g["greedy_single/new_tokens"][0].tolist()
-    agree = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), len(want))
+    agree = next((i for i, (a, b) in enumerate(zip(got, want, strict=True)) if a != b), len(want))
     print(f"{name} bf16: first {agree}/10 greedy tokens equal the float32 reference")
     assert agree >= 3, f"bf16 diverges at token {agree}: {got} vs {want}"
 

@@ -48,9 +48,9 @@ class BatchKVCache:
             return
         mine, theirs = self.get_seq_length(), other.get_seq_length()
         width = max(mine, theirs)
-        self.keys = [torch.cat((_pad_left(a, width), _pad_left(b, width))) for a, b in zip(self.keys, other.keys)]
+        self.keys = [torch.cat((_pad_left(a, width), _pad_left(b, width))) for a, b in zip(self.keys, other.keys, strict=True)]
         self.values = [torch.cat((_pad_left(a, width), _pad_left(b, width)))
-                       for a, b in zip(self.values, other.values)]
+                       for a, b in zip(self.values, other.values, strict=True)]
 
 
 def _pad_left(x: torch.Tensor, width: int) -> torch.Tensor:

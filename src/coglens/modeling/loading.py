@@ -21,7 +21,7 @@ from accelerate.utils import get_balanced_memory, offload_weight, save_offload_i
 from safetensors import safe_open
 from transformers import GenerationConfig
 
-from .configuration_cogvlm import ConfigError, CogvlmConfig, load_config
+from .configuration_cogvlm import CogvlmConfig, ConfigError, load_config
 
 logger = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
-from .configuration_cogvlm import CogvlmConfig, Cogvlm2Config, Cogvlm2VideoConfig
-from .language import CogvlmRMSNorm, CogVLMDecoderLayer
+from .configuration_cogvlm import Cogvlm2Config, Cogvlm2VideoConfig, CogvlmConfig
+from .language import CogVLMDecoderLayer, CogvlmRMSNorm
 from .routing import VISION_TOKEN_TYPE, build_position_ids, vision_expert_mask
 from .vision import EVA2CLIPModel
 
