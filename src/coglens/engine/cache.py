@@ -46,11 +46,12 @@ class BatchKVCache:
         if not self.keys:
             self.keys, self.values = other.keys, other.values
             return
-        mine, theirs = self.get_seq_length(), other.get_seq_length()
-        width = max(mine, theirs)
-        self.keys = [torch.cat((_pad_left(a, width), _pad_left(b, width))) for a, b in zip(self.keys, other.keys, strict=True)]
-        self.values = [torch.cat((_pad_left(a, width), _pad_left(b, width)))
-                       for a, b in zip(self.values, other.values, strict=True)]
+        width = max(self.get_seq_length(), other.get_seq_length())
+
+        def stack(mine: list[torch.Tensor], theirs: list[torch.Tensor]) -> list[torch.Tensor]:
+            return [torch.cat((_pad_left(a, width), _pad_left(b, width))) for a, b in zip(mine, theirs, strict=True)]
+
+        self.keys, self.values = stack(self.keys, other.keys), stack(self.values, other.values)
 
 
 def _pad_left(x: torch.Tensor, width: int) -> torch.Tensor:
