@@ -8,50 +8,72 @@ import torch
 class BatchKVCache:
     """Per layer (B, kv_heads, L, D) keys and values; duck-types the two methods the model calls.
 
-    Rows are left-aligned by padding: a row with a shorter history has masked columns on the left, and its
-    position ids are carried explicitly, so padding never changes what a row computes.
+    Storage grows by doubling, so a decode step writes one column in place instead of copying the whole
+    history (which would make long prompts decode slower). Rows are left-aligned by padding: a row with a
+    shorter history has masked columns on the left, and its position ids are carried explicitly, so padding
+    never changes what a row computes.
     """
 
     def __init__(self) -> None:
-        self.keys: list[torch.Tensor] = []
-        self.values: list[torch.Tensor] = []
+        self._k: list[torch.Tensor] = []
+        self._v: list[torch.Tensor] = []
+        self._len: list[int] = []
 
     def update(self, k: torch.Tensor, v: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if layer_idx == len(self.keys):
-            self.keys.append(k)
-            self.values.append(v)
+        if layer_idx == len(self._k):
+            self._k.append(k)
+            self._v.append(v)
+            self._len.append(k.shape[2])
         else:
-            self.keys[layer_idx] = torch.cat((self.keys[layer_idx], k), dim=2)
-            self.values[layer_idx] = torch.cat((self.values[layer_idx], v), dim=2)
-        return self.keys[layer_idx], self.values[layer_idx]
+            n, new = self._len[layer_idx], k.shape[2]
+            if n + new > self._k[layer_idx].shape[2]:
+                self._k[layer_idx] = _grow(self._k[layer_idx], n, n + new)
+                self._v[layer_idx] = _grow(self._v[layer_idx], n, n + new)
+            self._k[layer_idx][:, :, n:n + new] = k
+            self._v[layer_idx][:, :, n:n + new] = v
+            self._len[layer_idx] = n + new
+        n = self._len[layer_idx]
+        return self._k[layer_idx][:, :, :n], self._v[layer_idx][:, :, :n]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
-        return self.keys[layer_idx].shape[2] if self.keys else 0
+        return self._len[layer_idx] if self._len else 0
 
     @property
-    def batch_size(self) -> int:
-        return self.keys[0].shape[0] if self.keys else 0
+    def keys(self) -> list[torch.Tensor]:
+        return [k[:, :, :n] for k, n in zip(self._k, self._len, strict=True)]
+
+    @property
+    def values(self) -> list[torch.Tensor]:
+        return [v[:, :, :n] for v, n in zip(self._v, self._len, strict=True)]
+
+    def _reset(self, keys: list[torch.Tensor], values: list[torch.Tensor]) -> None:
+        self._k, self._v, self._len = keys, values, [k.shape[2] for k in keys]
 
     def select(self, rows: torch.Tensor) -> None:
-        self.keys = [k.index_select(0, rows) for k in self.keys]
-        self.values = [v.index_select(0, rows) for v in self.values]
+        self._reset([k.index_select(0, rows) for k in self.keys], [v.index_select(0, rows) for v in self.values])
 
     def trim_left(self, n: int) -> None:
         if n:
-            self.keys = [k[:, :, n:] for k in self.keys]
-            self.values = [v[:, :, n:] for v in self.values]
+            self._reset([k[:, :, n:] for k in self.keys], [v[:, :, n:] for v in self.values])
 
     def extend(self, other: BatchKVCache) -> None:
         """Append ``other``'s rows below ours, left-padding whichever history is shorter."""
-        if not self.keys:
-            self.keys, self.values = other.keys, other.values
+        if not self._k:
+            self._reset(other.keys, other.values)
             return
         width = max(self.get_seq_length(), other.get_seq_length())
 
         def stack(mine: list[torch.Tensor], theirs: list[torch.Tensor]) -> list[torch.Tensor]:
             return [torch.cat((_pad_left(a, width), _pad_left(b, width))) for a, b in zip(mine, theirs, strict=True)]
 
-        self.keys, self.values = stack(self.keys, other.keys), stack(self.values, other.values)
+        self._reset(stack(self.keys, other.keys), stack(self.values, other.values))
+
+
+def _grow(x: torch.Tensor, used: int, needed: int) -> torch.Tensor:
+    capacity = max(needed, 2 * x.shape[2], 16)
+    out = x.new_empty(x.shape[0], x.shape[1], capacity, x.shape[3])
+    out[:, :, :used] = x[:, :, :used]
+    return out
 
 
 def _pad_left(x: torch.Tensor, width: int) -> torch.Tensor:
