@@ -1,0 +1,20 @@
+"""Inputs: images, prompt templates, conversations, the batch processor, tokenizers and video frames."""
+
+from .conversation import build_conversation_input_ids, check_context, count_positions
+from .errors import (
+    ContextLengthError,
+    ConversationError,
+    ImageInputError,
+    ProcessingError,
+    TemplateError,
+    TokenizerError,
+)
+from .image import load_image, preprocess_image, to_rgb
+from .processor import CogvlmProcessor
+from .tokenizer import load_tokenizer
+
+__all__ = [
+    "CogvlmProcessor", "ContextLengthError", "ConversationError", "ImageInputError", "ProcessingError",
+    "TemplateError", "TokenizerError", "build_conversation_input_ids", "check_context", "count_positions",
+    "load_image", "load_tokenizer", "preprocess_image", "to_rgb",
+]
