@@ -214,12 +214,16 @@ _MODEL_TYPE_TO_VARIANT = {v: k for k, v in MODEL_TYPES.items()}
 
 
 def infer_variant(num_multi_query_heads: int | None, architectures: list[str] | None, default: str) -> str:
-    """THUDM's configs have no model_type: GQA means the Llama-3 based CogVLM2, a video class name the video model."""
+    """THUDM's configs have no model_type: GQA means the Llama-3 based CogVLM2, a video class name the video model.
+
+    ``default`` is the variant the config class stands for; the plain ``CogvlmConfig`` (default "cogvlm") is the
+    one that infers, the CogVLM2 classes keep their own.
+    """
     if architectures and any("Video" in a for a in architectures):
         return "cogvlm2_video"
-    if num_multi_query_heads is not None:
-        return "cogvlm2"
-    return default
+    if default != "cogvlm":
+        return default
+    return "cogvlm2" if num_multi_query_heads is not None else "cogvlm"
 
 
 def load_config(path: str | Path, **overrides: Any) -> CogvlmConfig:
