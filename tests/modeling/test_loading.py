@@ -207,3 +207,37 @@ def test_not_a_checkpoint_folder(tmp_path):
         CogvlmForCausalLM.from_pretrained(tmp_path)
     with pytest.raises(CheckpointError, match="not a local folder"):
         CogvlmForCausalLM.from_pretrained(tmp_path / "nope")
+
+
+LOAD_PROBE = """
+import json, resource, sys, torch
+from coglens import CogvlmForCausalLM
+def rss_mb():
+    with open('/proc/self/status') as f:
+        return next(int(l.split()[1]) for l in f if l.startswith('VmRSS')) / 1024
+before = rss_mb()
+model = CogvlmForCausalLM.from_pretrained(sys.argv[1])
+print(json.dumps({"before": before, "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def test_loading_peak_memory_is_about_one_copy(tmp_path):
+    """A ~60 MB checkpoint loaded in a fresh process: peak RSS grows by about one copy of the weights."""
+    import subprocess
+    import sys
+
+    torch.manual_seed(0)
+    config = Cogvlm2Config(vocab_size=8000, hidden_size=256, intermediate_size=704, num_hidden_layers=8,
+                           num_attention_heads=8, num_multi_query_heads=2,
+                           vision_config=dict(image_size=56, patch_size=14, hidden_size=128, intermediate_size=512,
+                                              num_heads=4, num_hidden_layers=2))
+    model = CogvlmForCausalLM(config)
+    weights_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
+    model.save_pretrained(tmp_path, max_shard_size="20MB")
+    del model
+    out = subprocess.run([sys.executable, "-c", LOAD_PROBE, str(tmp_path)], capture_output=True, text=True,
+                         check=True).stdout
+    probe = json.loads(out.strip().splitlines()[-1])
+    growth = probe["peak"] - probe["before"]
+    assert weights_mb > 40
+    assert growth <= 1.2 * weights_mb + 16, f"loading {weights_mb:.0f} MB of weights peaked at +{growth:.0f} MB"
