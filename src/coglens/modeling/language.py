@@ -93,14 +93,14 @@ class VisionExpertAttention(nn.Module):
         self.language_expert_query_key_value = nn.Linear(hidden, self.qkv_size, bias=False)
         self.language_expert_dense = nn.Linear(hidden, hidden, bias=False)
 
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        vision_mask: torch.Tensor | None,
-        position_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        past_key_values: Cache | None,
-    ) -> torch.Tensor:
+    def project(
+        self, hidden_states: torch.Tensor, vision_mask: torch.Tensor | None, position_ids: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Routed QKV projection with rotary applied: q (B, H, L, D), k and v (B, KV heads, L, D).
+
+        A method of its own so that lenses (``coglens explain``) can recompute the attention weights, which
+        SDPA does not return.
+        """
         b, n, hidden = hidden_states.shape
         qkv = route(hidden_states, vision_mask, self.language_expert_query_key_value,
                     self.vision_expert_query_key_value, self.qkv_size)
@@ -110,18 +110,27 @@ class VisionExpertAttention(nn.Module):
         k = k.view(b, n, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = v.view(b, n, self.num_kv_heads, self.head_dim).transpose(1, 2)
         cos, sin = self.rotary_emb(position_ids)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        vision_mask: torch.Tensor | None,
+        position_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        past_key_values: Cache | None,
+    ) -> torch.Tensor:
+        b, n, hidden = hidden_states.shape
+        q, k, v = self.project(hidden_states, vision_mask, position_ids)
         if past_key_values is not None:
             # the cache holds keys after rotary and before the GQA expansion
             k, v = past_key_values.update(k, v, self.layer_idx)
-        if self.num_kv_heads != self.num_heads:
-            # KV head j serves query heads j*r ... j*r+r-1
-            rep = self.num_heads // self.num_kv_heads
-            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        # GQA without copying the cache: KV head j serves query heads j*r ... j*r+r-1
+        gqa = self.num_kv_heads != self.num_heads
         if attention_mask is None:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=n > 1)
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=n > 1, enable_gqa=gqa)
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, enable_gqa=gqa)
         out = out.transpose(1, 2).reshape(b, n, hidden)
         return route(out, vision_mask, self.language_expert_dense, self.vision_expert_dense, hidden)
 
