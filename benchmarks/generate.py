@@ -130,7 +130,7 @@ def main() -> None:
     with torch.inference_mode():
         prefill = timed(lambda: model(input_ids=ids[None].to(dev), token_type_ids=types[None].to(dev),
                                       images=[[image]], logits_to_keep=1))
-    rows += [("image encode (1 image, %d px)" % cfg.vision_config.image_size, f"{encode * 1e3:.0f} ms"),
+    rows += [(f"image encode (1 image, {cfg.vision_config.image_size} px)", f"{encode * 1e3:.0f} ms"),
              (f"prefill ({ids.numel()} tokens incl. {n_img} image)", f"{prefill * 1e3:.0f} ms")]
 
     image_prompt = (ids, types, [image])

@@ -13,13 +13,13 @@ import statistics
 import time
 
 import torch
+from video_frames import synthetic_video
 
 from coglens import Cogvlm2VideoConfig, CogvlmForCausalLM
 from coglens.engine import Engine, GenerationRequest, SamplingParams
 from coglens.processing import build_conversation_input_ids, load_tokenizer
 from coglens.processing.video import load_video
 from coglens.tiny import tiny_model_path
-from video_frames import synthetic_video
 
 
 def main() -> None:
