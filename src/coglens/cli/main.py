@@ -9,6 +9,8 @@ import sys
 import typer
 
 from .ask import ask
+from .export import export_command
+from .merge import merge_command
 from .tiny import tiny
 
 app = typer.Typer(
@@ -20,6 +22,8 @@ app = typer.Typer(
 )
 app.command()(ask)
 app.command()(tiny)
+app.command("export")(export_command)
+app.command("merge")(merge_command)
 
 
 def main() -> None:
