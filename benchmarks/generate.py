@@ -30,19 +30,19 @@ MID_SIZE = dict(
 )
 
 LOAD_PROBE = """
-import json, resource, sys, time, torch
+import json, sys, time, torch
 from coglens import CogvlmForCausalLM
-def rss_mb():
+def status_mb(field):  # VmHWM restarts at exec, unlike ru_maxrss, which a forked child inherits
     with open('/proc/self/status') as f:
-        return next(int(l.split()[1]) for l in f if l.startswith('VmRSS')) / 1024
-before = rss_mb()
+        return next(int(l.split()[1]) for l in f if l.startswith(field)) / 1024
+before = status_mb('VmRSS')
 t = time.perf_counter()
 model = CogvlmForCausalLM.from_pretrained(sys.argv[1], torch_dtype=getattr(torch, sys.argv[2]))
 seconds = time.perf_counter() - t
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(json.dumps({"seconds": seconds, "before_mb": before, "peak_mb": peak}))
+for p in model.parameters():  # touch every weight: safetensors maps them lazily
+    p.data.sum()
+print(json.dumps({"seconds": seconds, "before_mb": before, "peak_mb": status_mb('VmHWM')}))
 """
-
 
 class _NoText:
     """Detokenising is not what is measured here."""
