@@ -34,3 +34,11 @@ SeedOpt = Annotated[int | None, typer.Option("--seed", help="Seed for sampling (
 BoxesOutOpt = Annotated[
     Path | None, typer.Option("--boxes-out", help="Save the image with the answer's grounding boxes drawn.")
 ]
+VideoStrategyOpt = Annotated[
+    str | None,
+    typer.Option("--video-strategy", help="chat: the frame nearest each second (first 24 s); base: 24 frames over "
+                 "the first 60 s. Default: base for the base template, else chat."),
+]
+NumFramesOpt = Annotated[
+    int, typer.Option("--num-frames", help="Frames to sample (each costs 66 tokens on the real model).")
+]

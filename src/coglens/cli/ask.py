@@ -15,6 +15,7 @@ from ._options import (
     ImageOpt,
     MaxNewTokensOpt,
     ModelOpt,
+    NumFramesOpt,
     SeedOpt,
     TemperatureOpt,
     TemplateOpt,
@@ -22,6 +23,7 @@ from ._options import (
     TopKOpt,
     TopPOpt,
     VideoOpt,
+    VideoStrategyOpt,
 )
 
 
@@ -29,6 +31,8 @@ def ask(
     question: Annotated[str, typer.Argument(help="What to ask.")],
     image: ImageOpt = None,
     video: VideoOpt = None,
+    video_strategy: VideoStrategyOpt = None,
+    num_frames: NumFramesOpt = 24,
     model: ModelOpt = None,
     tokenizer: TokenizerOpt = None,
     template: TemplateOpt = None,
@@ -47,7 +51,8 @@ def ask(
     from .media import load_media
 
     pipe = Pipeline.load(model, tokenizer=tokenizer, dtype=dtype, device=device)
-    images = load_media(pipe, image=image, video=video)
+    images = load_media(pipe, image=image, video=video, template=template, video_strategy=video_strategy,
+                        num_frames=num_frames)
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, do_sample=temperature > 0,
                             top_p=top_p, top_k=top_k, seed=seed)
     answer = []

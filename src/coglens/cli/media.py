@@ -6,7 +6,17 @@ from pathlib import Path
 from typing import Any
 
 
-def load_media(pipe: Any, *, image: Path | None = None, video: Path | None = None) -> list[Any] | None:
+def load_media(
+    pipe: Any,
+    *,
+    image: Path | None = None,
+    video: Path | None = None,
+    template: str | None = None,
+    video_strategy: str | None = None,
+    num_frames: int = 24,
+) -> list[Any] | None:
+    """``video_strategy`` defaults to the template's, as THUDM's demo pairs them: 'base' frames for the base
+    template, 'chat' (one frame per second) otherwise."""
     if image is not None and video is not None:
         raise ValueError("give --image or --video, not both")
     if video is not None:
@@ -14,7 +24,9 @@ def load_media(pipe: Any, *, image: Path | None = None, video: Path | None = Non
             raise ValueError(f"--video needs a CogVLM2-Video checkpoint; {pipe.model_path} is {pipe.config.variant}")
         from ..processing.video import load_video
 
-        clip = load_video(video, image_size=pipe.config.vision_config.image_size)
+        strategy = video_strategy or ("base" if (template or pipe.config.template_version) == "base" else "chat")
+        clip = load_video(video, strategy=strategy, num_frames=num_frames,
+                          image_size=pipe.config.vision_config.image_size)
         return [clip.frames]
     if image is not None:
         if pipe.config.variant == "cogvlm2_video":
