@@ -23,7 +23,7 @@ from .params import EngineInputError, GenerationRequest, GenerationResult, Token
 from .sampling import sample_next
 
 
-@dataclass
+@dataclass(eq=False)  # identity, not tensor comparison, for `in` and `remove`
 class _Sequence:
     request: GenerationRequest
     prompt_positions: int

@@ -1,0 +1,92 @@
+"""``coglens serve``: one HTTP server speaking the OpenAI, TGI, vLLM and Triton protocols."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ._options import DeviceOpt, DtypeOpt, ModelOpt, TemplateOpt, TokenizerOpt
+
+MIB = 1 << 20
+
+
+def serve(
+    model: ModelOpt = None,
+    tokenizer: TokenizerOpt = None,
+    dtype: DtypeOpt = None,
+    device: DeviceOpt = None,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
+    api_key: Annotated[str | None, typer.Option(
+        "--api-key", envvar="COGLENS_API_KEY",
+        help="Require 'Authorization: Bearer KEY' on every route but /health and the docs.")] = None,
+    max_batch_size: Annotated[int, typer.Option("--max-batch-size", help="Requests decoded together.")] = 8,
+    served_model_name: Annotated[list[str] | None, typer.Option(
+        "--served-model-name", help="Name clients send as 'model' (repeatable; default: --model as given).")] = None,
+    template: TemplateOpt = None,
+    allow_local_media: Annotated[Path | None, typer.Option(
+        "--allow-local-media", help="Let requests name image/video files under this folder.")] = None,
+    allow_remote_media: Annotated[bool, typer.Option(
+        "--allow-remote-media", help="Let the server download http(s) media URLs (public addresses only).")] = False,
+    cors_origin: Annotated[list[str] | None, typer.Option(
+        "--cors-origin", help="Allow browser calls from this origin (repeatable; off by default).")] = None,
+    max_body_mb: Annotated[float, typer.Option("--max-body-mb", help="Largest request body.")] = 32,
+    max_image_mb: Annotated[float, typer.Option("--max-image-mb", help="Largest local/remote image file.")] = 20,
+    max_image_pixels: Annotated[int, typer.Option("--max-image-pixels", help="Largest image (width x height).")]
+    = 25_000_000,
+    max_video_mb: Annotated[float, typer.Option("--max-video-mb", help="Largest video.")] = 200,
+    max_video_seconds: Annotated[float, typer.Option("--max-video-seconds", help="Longest video.")] = 600,
+    max_prompt_tokens: Annotated[int, typer.Option("--max-prompt-tokens", help="Longest prompt, images included.")]
+    = 16_384,
+    max_queue: Annotated[int, typer.Option("--max-queue", help="Requests waiting for the batch before 429s.")] = 256,
+    max_n: Annotated[int, typer.Option("--max-n", help="Most choices per request (n).")] = 8,
+    request_timeout: Annotated[float, typer.Option("--request-timeout", help="Seconds a request may take.")] = 600,
+    fetch_timeout: Annotated[float, typer.Option("--fetch-timeout", help="Seconds one media download may take.")]
+    = 15,
+    max_redirects: Annotated[int, typer.Option("--max-redirects", help="Redirects followed per media URL.")] = 3,
+    log_level: Annotated[str, typer.Option("--log-level", help="debug | info | warning | error.")] = "info",
+) -> None:
+    """Serve the model over HTTP: OpenAI, TGI, vLLM and Triton protocols on one port (docs at /docs)."""
+    import uvicorn
+
+    from ..pipeline import DEFAULT_TINY_VARIANT, Pipeline
+    from ..serve.app import create_app
+    from ..serve.limits import ServeLimits
+    from ..serve.settings import ServeSettings
+
+    limits = ServeLimits(
+        max_body_bytes=int(max_body_mb * MIB), max_image_bytes=int(max_image_mb * MIB),
+        max_image_pixels=max_image_pixels, max_video_bytes=int(max_video_mb * MIB),
+        max_video_seconds=max_video_seconds, max_prompt_tokens=max_prompt_tokens, max_queue=max_queue, max_n=max_n,
+        request_timeout_s=request_timeout, fetch_timeout_s=fetch_timeout, max_redirects=max_redirects,
+    )
+    settings = ServeSettings(
+        model=model or f"tiny:{DEFAULT_TINY_VARIANT}", tokenizer=tokenizer, dtype=dtype, device=device,
+        max_batch_size=max_batch_size, served_model_names=tuple(served_model_name or ()), template=template,
+        api_key=api_key, cors_origins=tuple(cors_origin or ()), allow_local_media=allow_local_media,
+        allow_remote_media=allow_remote_media, limits=limits,
+    )
+    configure_logging(log_level)
+    # Loading here (not in the lifespan) turns a bad --model into one clear error line instead of a traceback.
+    pipeline = Pipeline.load(settings.model, tokenizer=tokenizer, dtype=dtype, device=device,
+                             max_batch_size=max_batch_size)
+    uvicorn.run(create_app(settings, pipeline=pipeline), host=host, port=port, log_level=log_level.lower(),
+                access_log=False)  # our own JSON access log replaces uvicorn's
+
+
+def configure_logging(level: str) -> None:
+    """JSON access lines as they are; everything else of coglens.serve with its logger name."""
+    numeric = logging.getLevelName(level.upper())
+    if not isinstance(numeric, int):
+        raise ValueError(f"--log-level {level!r} is not a level; use debug, info, warning or error")
+    access = logging.getLogger("coglens.serve.access")
+    access.setLevel(numeric)
+    access.propagate = False
+    if not access.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        access.addHandler(handler)
+    logging.getLogger("coglens.serve").setLevel(numeric)

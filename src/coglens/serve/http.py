@@ -1,0 +1,142 @@
+"""HTTP plumbing shared by the protocol routers: bodies, errors in the protocol's shape, streams, disconnects.
+
+Bodies are read and parsed here rather than by FastAPI because real clients (``curl -d``, as in the MindIE
+guides) post JSON as ``application/x-www-form-urlencoded``; FastAPI would refuse those. Reading by hand
+also bounds the body size while it streams in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+from fastapi import Request, Response
+from fastapi.routing import APIRoute
+from pydantic import BaseModel
+from starlette.requests import ClientDisconnect
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from .errors import ClientClosedError, InvalidRequestError, ServeError, limit_error, to_serve_error
+from .limits import mib
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+ErrorRenderer = Callable[[Request, ServeError], Response]
+
+SCHEMAS_KEY = "x-coglens-schemas"  # openapi_extra key whose schemas app.py moves into components
+
+
+def protocol_route(protocol: str, render: ErrorRenderer) -> type[APIRoute]:
+    """An APIRoute class that tags requests with ``protocol`` and answers any failure with ``render``."""
+
+    class ProtocolRoute(APIRoute):
+        def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+            handler = super().get_route_handler()
+
+            async def guarded(request: Request) -> Response:
+                request.state.protocol = protocol
+                try:
+                    return await handler(request)
+                except Exception as exc:  # every failure leaves in the protocol's own error shape
+                    error = to_serve_error(exc)
+                    request.state.error = error.message
+                    return render(request, error)
+
+            return guarded
+
+    return ProtocolRoute
+
+
+async def read_json(request: Request, max_bytes: int) -> Any:
+    """The request body as JSON, read within ``max_bytes``, whatever its Content-Type says."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise limit_error(f"the request body is {int(declared)} bytes", "max_body_bytes", mib(max_bytes))
+    chunks, total = [], 0
+    try:
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > max_bytes:
+                raise limit_error(f"the request body is more than {max_bytes} bytes", "max_body_bytes",
+                                  mib(max_bytes))
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ClientClosedError("the client closed the connection while sending the body") from None
+    body = b"".join(chunks)
+    if not body.strip():
+        raise InvalidRequestError("the request body is empty; send a JSON object")
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidRequestError(f"the request body is not valid JSON: {exc}") from exc
+
+
+def parse(model: type[ModelT], data: Any) -> ModelT:
+    """Validate ``data`` against ``model`` (pydantic errors become 400s naming the field)."""
+    if not isinstance(data, dict):
+        raise InvalidRequestError(f"the request body must be a JSON object, got {type(data).__name__}")
+    return model.model_validate(data)
+
+
+def json_body(*models: type[BaseModel]) -> dict[str, Any]:
+    """``openapi_extra`` documenting a hand-parsed JSON body (one model, or a choice of several)."""
+    refs, schemas = [], {}
+    for model in models:
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+        refs.append({"$ref": f"#/components/schemas/{model.__name__}"})
+    body_schema = refs[0] if len(refs) == 1 else {"oneOf": refs}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": body_schema}}},
+            SCHEMAS_KEY: schemas}
+
+
+async def cancel_on_disconnect(request: Request, work: Awaitable[Response]) -> Response:
+    """Run ``work``; if the client disconnects first, cancel it (its ``finally`` aborts the engine request)."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(request))
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        watcher.cancel()
+    if task in done:
+        return task.result()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    raise ClientClosedError("the client closed the connection before the answer was ready")
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+class EventStreamResponse(StreamingResponse):
+    """A streaming response whose body iterator is always closed, so its ``finally`` (engine abort) runs
+    even when the client disconnects while a chunk is being sent."""
+
+    def __init__(self, content: AsyncIterator[str], media_type: str = "text/event-stream") -> None:
+        super().__init__(content, media_type=media_type,
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            aclose = getattr(self.body_iterator, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+
+def sse(payload: str) -> str:
+    return f"data: {payload}\n\n"
+
+
+def now() -> int:
+    return int(time.time())

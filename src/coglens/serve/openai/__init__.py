@@ -1,0 +1,1 @@
+"""OpenAI-compatible chat completions (``/v1/chat/completions``, ``/v1/models``)."""

@@ -1,0 +1,36 @@
+"""Everything ``coglens serve`` is started with, in one object the app factory takes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..pipeline import DEFAULT_TINY_VARIANT
+from .limits import ServeLimits
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """How the server is set up. ``model`` is a checkpoint folder or ``tiny:VARIANT``; it also names the model
+    for clients unless ``served_model_names`` are given."""
+
+    model: str = f"tiny:{DEFAULT_TINY_VARIANT}"
+    tokenizer: str | None = None
+    dtype: str | None = None
+    device: str | None = None
+    max_batch_size: int = 8  # used when the app loads the model itself; a given Pipeline keeps its own
+    served_model_names: tuple[str, ...] = ()  # names clients may send as ``model`` (default: ``model``)
+    template: str | None = None  # prompt template for every request (default: the checkpoint's own)
+    api_key: str | None = None
+    cors_origins: tuple[str, ...] = ()
+    allow_local_media: Path | None = None
+    allow_remote_media: bool = False
+    limits: ServeLimits = field(default_factory=ServeLimits)
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1:
+            raise ValueError(f"--max-batch-size must be >= 1, got {self.max_batch_size}")
+        if self.api_key is not None and not self.api_key.strip():
+            raise ValueError("--api-key is empty; give a secret, or leave the option out to serve without auth")
+        if self.allow_local_media is not None and not Path(self.allow_local_media).is_dir():
+            raise ValueError(f"--allow-local-media {str(self.allow_local_media)!r} is not a directory")

@@ -1,0 +1,1 @@
+"""Text Generation Inference protocol (``/generate``, ``/generate_stream`` and the compat route ``/``)."""

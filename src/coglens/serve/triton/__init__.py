@@ -1,0 +1,1 @@
+"""Triton's generate extension (``/v2/models/{model}/generate`` and ``/generate_stream``)."""

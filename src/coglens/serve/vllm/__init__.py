@@ -1,0 +1,1 @@
+"""vLLM's simple API server protocol (``POST /generate`` with a ``prompt``)."""

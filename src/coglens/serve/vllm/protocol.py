@@ -1,0 +1,62 @@
+"""vLLM's ``/generate`` body (``vllm/entrypoints/api_server.py``): ``prompt``, ``stream`` and the sampling
+fields of vLLM's ``SamplingParams`` at the top level (pydantic only).
+
+``prompt`` may be a string or a list of typed parts as in the MindIE guides. Extension: ``template``.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+
+from ...engine import SamplingParams
+from ..wire import ContentPart, ResponseModel, WireModel
+
+DEFAULT_MAX_TOKENS = 16  # vLLM SamplingParams' default
+
+
+
+
+class VLLMGenerateRequest(WireModel):
+    prompt: str | list[ContentPart]
+    stream: bool = False
+    n: int = Field(default=1, ge=1)
+    max_tokens: int | None = Field(default=DEFAULT_MAX_TOKENS, ge=1)
+    temperature: float = Field(default=1.0, ge=0)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    top_k: int = Field(default=0, ge=-1)  # -1 or 0: off
+    repetition_penalty: float = Field(default=1.0, gt=0)
+    presence_penalty: float = Field(default=0.0, ge=-2, le=2)
+    frequency_penalty: float = Field(default=0.0, ge=-2, le=2)
+    seed: int | None = None
+    stop: list[str] = Field(default_factory=list)
+    stop_token_ids: list[int] = Field(default_factory=list)
+    ignore_eos: bool = False
+    template: str | None = None
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop_list(cls, value: object) -> object:
+        return [] if value is None else [value] if isinstance(value, str) else value
+
+    def to_sampling_params(self, max_new_tokens: int) -> SamplingParams:
+        return SamplingParams(
+            max_new_tokens=max_new_tokens, temperature=self.temperature, do_sample=self.temperature > 0,
+            top_k=max(self.top_k, 0), top_p=self.top_p, repetition_penalty=self.repetition_penalty,
+            presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty, stop=list(self.stop),
+            stop_token_ids=list(self.stop_token_ids), ignore_eos=self.ignore_eos, seed=self.seed,
+        )
+
+
+class GenerateResponse(ResponseModel):
+    text: list[str]  # prompt + output of each choice, as vLLM returns it
+
+
+class ErrorInfo(ResponseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: int
+
+
+class ErrorResponse(ResponseModel):
+    error: ErrorInfo

@@ -1,0 +1,68 @@
+"""vLLM ``/generate``: prompt -> engine -> ``{"text": [prompt + output, ...]}``; streamed as cumulative
+newline-delimited JSON, exactly like vLLM's api_server."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+from fastapi import Request
+from fastapi.responses import JSONResponse
+
+from ..conversation import completion_prompt
+from ..errors import ServeError, to_serve_error
+from ..http import EventStreamResponse
+from ..scheduler import RequestGroup
+from ..service import GenerationService, PreparedPrompt
+from .protocol import ErrorInfo, ErrorResponse, GenerateResponse, VLLMGenerateRequest
+
+PROTOCOL = "vllm"
+NDJSON = "application/x-ndjson"
+
+
+class VLLMServing:
+    def __init__(self, service: GenerationService) -> None:
+        self.service = service
+
+    async def start(self, body: VLLMGenerateRequest, request: Request) -> tuple[RequestGroup, PreparedPrompt]:
+        service = self.service
+        prompt = await service.prepare(completion_prompt(body.prompt, "prompt"), template=body.template)
+        max_new = service.fit_max_tokens(prompt, body.max_tokens, param="max_tokens")
+        group = service.submit(prompt, body.to_sampling_params(max_new), n=body.n, protocol=PROTOCOL)
+        request.state.prompt_tokens = prompt.prompt_tokens
+        return group, prompt
+
+    async def generate(self, body: VLLMGenerateRequest, request: Request) -> GenerateResponse:
+        group, prompt = await self.start(body, request)
+        completions = await self.service.collect(group)
+        request.state.completion_tokens = sum(c.completion_tokens for c in completions)
+        return GenerateResponse(text=[prompt.text + c.text for c in completions])
+
+    async def generate_stream(self, body: VLLMGenerateRequest, request: Request) -> EventStreamResponse:
+        group, prompt = await self.start(body, request)
+        return EventStreamResponse(self._lines(group, prompt, request), media_type=NDJSON)
+
+    async def _lines(self, group: RequestGroup, prompt: PreparedPrompt, request: Request) -> AsyncIterator[str]:
+        texts = [prompt.text] * len(group.request_ids)
+        generated = 0
+        try:
+            async for index, event in group.events():
+                generated += event.token_id is not None
+                texts[index] += event.text
+                yield json.dumps(GenerateResponse(text=texts).model_dump(), ensure_ascii=False) + "\n"
+        except Exception as exc:  # the 200 is sent: the failure goes out as a last line
+            error = to_serve_error(exc)
+            request.state.error = error.message
+            yield error_body(error).model_dump_json() + "\n"
+        finally:
+            group.cancel()
+            request.state.completion_tokens = generated
+
+
+def error_body(error: ServeError) -> ErrorResponse:
+    kind = "BadRequestError" if error.status_code < 500 else "InternalServerError"
+    return ErrorResponse(error=ErrorInfo(message=error.message, type=kind, param=error.param, code=error.status_code))
+
+
+def render_error(request: Request, error: ServeError) -> JSONResponse:
+    return JSONResponse(error_body(error).model_dump(), status_code=error.status_code)

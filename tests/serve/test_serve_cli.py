@@ -1,0 +1,52 @@
+"""``coglens serve``: flags become settings and limits; uvicorn gets the app (patched here, not started)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from coglens.cli.serve import serve
+
+app = typer.Typer()
+app.command()(serve)
+
+
+@pytest.fixture()
+def launched(monkeypatch) -> dict:
+    calls: dict = {}
+    monkeypatch.setattr("uvicorn.run", lambda application, **kwargs: calls.update(app=application, **kwargs))
+    yield calls
+    logging.getLogger("coglens.serve.access").handlers.clear()
+
+
+def test_flags_reach_the_settings(launched, tmp_path: Path):
+    result = CliRunner().invoke(app, [
+        "--port", "9001", "--api-key", "k", "--max-batch-size", "4", "--allow-local-media", str(tmp_path),
+        "--allow-remote-media", "--cors-origin", "https://a.example", "--max-body-mb", "1", "--max-queue", "5",
+        "--max-video-seconds", "12", "--request-timeout", "30", "--served-model-name", "cogvlm2",
+        "--served-model-name", "cogvlm2_llama3_video"])
+    assert result.exit_code == 0, result.output
+    settings = launched["app"].state.settings
+    assert launched["port"] == 9001 and launched["host"] == "127.0.0.1" and launched["access_log"] is False
+    assert settings.model == "tiny:cogvlm2" and settings.api_key == "k" and settings.allow_remote_media
+    assert settings.allow_local_media == tmp_path and settings.cors_origins == ("https://a.example",)
+    assert settings.limits.max_body_bytes == 1 << 20 and settings.limits.max_queue == 5
+    assert settings.limits.max_video_seconds == 12 and settings.limits.request_timeout_s == 30
+    assert launched["app"].state.pipeline.engine.max_batch_size == 4
+    assert settings.served_model_names == ("cogvlm2", "cogvlm2_llama3_video")
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["--allow-local-media", "/no/such/dir"], "not a directory"),
+    (["--max-queue", "0"], "--max-queue must be > 0"),
+    (["--api-key", " "], "--api-key is empty"),
+    (["--log-level", "loud"], "not a level"),
+])
+def test_bad_flags_are_clear_errors(launched, args, words):
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code != 0 and "app" not in launched
+    assert isinstance(result.exception, ValueError) and words in str(result.exception)
