@@ -10,7 +10,10 @@ import typer
 
 from .ask import ask
 from .export import export_command
+from .extract import extract
 from .merge import merge_command
+from .modules import modules
+from .serve import serve
 from .tiny import tiny
 
 app = typer.Typer(
@@ -22,8 +25,11 @@ app = typer.Typer(
 )
 app.command()(ask)
 app.command()(tiny)
+app.command()(extract)
+app.command()(modules)
 app.command("export")(export_command)
 app.command("merge")(merge_command)
+app.command()(serve)
 
 
 def main() -> None:

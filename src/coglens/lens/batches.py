@@ -51,7 +51,11 @@ class PreparedBatch:
 def check_media(samples: Sequence[LensSample], variant: str) -> None:
     """Fail before anything runs when the inputs do not fit the model (videos for an image model...)."""
     is_video_model = variant == VIDEO_VARIANT
-    wrong = [s for s in samples if (s.video is not None and not is_video_model) or (s.image is not None and is_video_model)]
+    wrong = [
+        s
+        for s in samples
+        if (s.video is not None and not is_video_model) or (s.image is not None and is_video_model)
+    ]
     if wrong:
         first = wrong[0]
         need = "a `video` column (it is a CogVLM2-Video model)" if is_video_model else "images, not videos"
@@ -96,7 +100,7 @@ class BatchPreparer:
         return PreparedBatch(kept, inputs, hashes, failures)
 
     def _media(self, sample: LensSample) -> tuple[list[Any] | None, str | None]:
-        """The sample's decoded image or video clip (as build_conversation_input_ids takes it) and its hash."""
+        """The sample's decoded image or video clip (as build_conversation_input_ids takes it), its hash."""
         if sample.video is not None:
             clip = load_video(
                 sample.video,

@@ -6,15 +6,16 @@ every forward call is captured with its step; steps after a row's end of sequenc
 
 Rows: a language-model output ([B, L, ...]) is split per row by the token selection of
 :mod:`coglens.lens.select` (padding removed). A vision-tower output has one entry per IMAGE (or video frame)
-of the batch, not per row: its leading axis is split by the number of images/frames each row brought (text-only
-rows get nothing), and a row's frames are joined into one token axis. Token types do not exist there: a
-selection of ``image`` means every token, other type-based selections are refused before anything runs.
+of the batch, not per row: its leading axis is split by the number of images/frames each row brought
+(text-only rows get nothing), and a row's frames are joined into one token axis. Token types do not exist
+there: a selection of ``image`` means every token, other type-based selections are refused before anything
+runs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -35,7 +36,7 @@ class BatchResult:
 
     samples: list[SampleRecord]
     activations: list[ActivationRecord]
-    nbytes: int = field(default=0)
+    nbytes: int = 0
 
 
 def record_module_name(point: CapturePoint, call: int) -> str:
@@ -79,7 +80,6 @@ class BatchCapturer:
         self.pooling = pooling
         self.forward = dict(forward or {})
         self.generate = steps == "all" and "max_new_tokens" in self.forward
-        self.steps = steps
         self.store_dtype = None if store_dtype is None else STORE_DTYPES[store_dtype]
         self.pad_token_id = pad_token_id
         self.device = model.get_input_embeddings().weight.device
@@ -87,13 +87,14 @@ class BatchCapturer:
         head = model.get_output_embeddings()
         # generate() computes the prefill's logits for the last position only, unless told to keep them all
         self.keep_logits = {"logits_to_keep": 0} if any(spec.module is head for spec in self.specs) else {}
+        # keyed by spec, not name: one module may be captured by several entries (paths) with own settings
         vision = vision_module_ids(model)
-        self.is_vision = {spec.name: id(spec.module) in vision for spec in self.specs}
-        self.selection = {spec.name: self._selection(spec, tokens) for spec in self.specs}
+        self.is_vision = {spec: id(spec.module) in vision for spec in self.specs}
+        self.selection = {spec: self._selection(spec, tokens) for spec in self.specs}
 
     def _selection(self, spec: ModuleSpec, default: TokenSpec) -> TokenSpec:
         tokens = spec.entry.tokens or default
-        if not self.is_vision[spec.name] or not tokens.needs_token_types:
+        if not self.is_vision[spec] or not tokens.needs_token_types:
             return tokens
         if tokens.kind == "image":  # every vision-tower token is an image token
             return TokenSpec("all")
@@ -105,10 +106,14 @@ class BatchCapturer:
 
     @torch.inference_mode()
     def __call__(
-        self, samples: Sequence[LensSample], inputs: Mapping[str, Any], media_sha256: Sequence[str | None] = ()
+        self,
+        samples: Sequence[LensSample],
+        inputs: Mapping[str, Any],
+        media_sha256: Sequence[str | None] = (),
     ) -> BatchResult:
         batch = self._to_device(inputs)
         reducer = self._reducer(batch, inputs["images"])
+        generated = None
         with Trace(
             self.model,
             self.specs,
@@ -119,9 +124,8 @@ class BatchCapturer:
         ) as trace:
             if self.generate:
                 generated = self._generate(batch)
-            else:
+            else:  # stops as soon as every capture point has fired
                 self.model(**batch, use_cache=False)
-                generated = None
         keys = [sample.key for sample in samples]
         lengths = None if generated is None else [len(row) for row in generated]
         activations = self._activations(trace.captures, keys, lengths)
@@ -145,10 +149,9 @@ class BatchCapturer:
         frames = [sum(1 if image.dim() == 3 else image.shape[0] for image in row) for row in images]
 
         def reduce(point: CapturePoint, step: int, x: torch.Tensor) -> list[torch.Tensor | None]:
-            name = point.spec.name
             pooling = point.spec.entry.pooling or self.pooling
-            if self.is_vision[name]:
-                rows = _vision_rows(x, frames, self.selection[name], pooling, name)
+            if self.is_vision[point.spec]:
+                rows = _vision_rows(x, frames, self.selection[point.spec], pooling, point.module)
             else:
                 rows = lm(point, step, x)
             if self.store_dtype is None:
@@ -176,7 +179,6 @@ class BatchCapturer:
     ) -> list[ActivationRecord]:
         records = []
         for capture in captures:
-            name = capture.point.spec.name
             pooling = capture.point.spec.entry.pooling or self.pooling
             values = capture.value if isinstance(capture.value, list) else [capture.value]
             for row, value in enumerate(values):
@@ -190,7 +192,7 @@ class BatchCapturer:
                         tensor=value,
                         io=capture.point.io,
                         step=capture.step,
-                        selection=str(self.selection[name]),
+                        selection=str(self.selection[capture.point.spec]),
                         pooling=None if pooling == "none" else pooling,
                     )
                 )
@@ -232,10 +234,11 @@ class BatchCapturer:
 def _vision_rows(
     x: torch.Tensor, frames: Sequence[int], tokens: TokenSpec, pooling: str, name: str
 ) -> list[torch.Tensor | None]:
-    """Split a vision-tower output (leading axis = the batch's images/frames, in row order) into batch rows."""
+    """Split a vision-tower output (leading axis: the batch's images/frames in row order) into batch rows."""
     if x.shape[0] != sum(frames):
         raise SelectionError(
-            f"output of {name!r} has shape {tuple(x.shape)}, but the batch holds {sum(frames)} images/frames; "
+            f"output of {name!r} has shape {tuple(x.shape)}, but the batch holds {sum(frames)} images or "
+            "frames; "
             "its leading axis cannot be matched to the rows (capture this module with batch_size 1)"
         )
     rows: list[torch.Tensor | None] = []

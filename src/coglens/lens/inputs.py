@@ -1,5 +1,5 @@
-"""Where a lens run's samples come from: a folder of images, a VLM-Lens ``dataset``, a JSONL/CSV manifest, or a
-prompt alone. Every source yields :class:`LensSample` items with a stable, unique ``key`` (what resume and
+"""Where a lens run's samples come from: a folder of images, a VLM-Lens ``dataset``, a JSONL/CSV manifest, or
+a prompt alone. Every source yields :class:`LensSample` items with a stable, unique ``key`` (what resume and
 merge match on), in a deterministic order.
 
 - ``input_dir``: walked recursively, files with VLM-Lens's extensions (any case), sorted by relative path;
@@ -139,7 +139,9 @@ def dataset_samples(source: DatasetSource, prompt: str | None) -> list[LensSampl
     labels = list(dataset["label"]) if "label" in columns else [None] * count
     images = _dataset_images(dataset, source) if "image" in columns else [None] * count
     samples = []
-    for index, (row_id, row_prompt, label, image) in enumerate(zip(ids, prompts, labels, images, strict=True)):
+    for index, (row_id, row_prompt, label, image) in enumerate(
+        zip(ids, prompts, labels, images, strict=True)
+    ):
         if row_prompt is None and prompt is None:
             raise LensInputError(f"dataset {where!r} row {index} has no prompt and the config gives none")
         samples.append(
@@ -221,7 +223,9 @@ def _read_manifest(path: Path) -> list[dict[str, Any]]:
     except OSError as error:
         raise LensInputError(f"cannot read manifest {str(path)!r}: {error.strerror}") from None
     if path.suffix.lower() == ".csv":
-        return [{k: (v if v != "" else None) for k, v in row.items()} for row in csv.DictReader(text.splitlines())]
+        return [
+            {k: (v if v != "" else None) for k, v in row.items()} for row in csv.DictReader(text.splitlines())
+        ]
     rows = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():

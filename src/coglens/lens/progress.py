@@ -112,7 +112,7 @@ def render_summary(summary: LensSummary) -> Group:
     """The end-of-run table, the skipped samples (if any) and the read-back hint."""
     table = Table(title=f"lens run {summary.run_name!r}", show_header=False, title_justify="left")
     table.add_column(style="bold")
-    table.add_column()
+    table.add_column(overflow="fold")
     rate = summary.samples_written / summary.seconds if summary.seconds else 0.0
     stored = f"{summary.samples_written} new"
     if summary.samples_resumed:
@@ -122,14 +122,18 @@ def render_summary(summary: LensSummary) -> Group:
         table.add_row("skipped", f"{len(summary.failures)} unreadable (listed below)")
     table.add_row("rows", f"{summary.rows:,}")
     table.add_row("bytes", f"{_size(summary.nbytes)} of activations")
-    table.add_row("seconds", f"{summary.seconds:.2f} ({rate:.1f} samples/s; model load {summary.load_seconds:.1f})")
+    table.add_row(
+        "seconds", f"{summary.seconds:.2f} ({rate:.1f} samples/s; model load {summary.load_seconds:.1f})"
+    )
     table.add_row("modules", "\n".join(summary.modules))
     table.add_row("database", f"{summary.output} ({summary.output_format} format)")
     parts: list = [table]
     for failure in summary.failures[:_MAX_FAILURES_SHOWN]:
         parts.append(Text(f"skipped {failure.key} ({failure.source}): {failure.reason}", style="yellow"))
     if len(summary.failures) > _MAX_FAILURES_SHOWN:
-        parts.append(Text(f"... and {len(summary.failures) - _MAX_FAILURES_SHOWN} more skipped", style="yellow"))
+        parts.append(
+            Text(f"... and {len(summary.failures) - _MAX_FAILURES_SHOWN} more skipped", style="yellow")
+        )
     parts.append(Text(read_back_hint(summary)))
     return Group(*parts)
 

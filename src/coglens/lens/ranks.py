@@ -41,7 +41,9 @@ class Ranks:
                 local_rank=int(os.environ.get("LOCAL_RANK", 0)),
             )
         except ValueError as error:
-            raise ValueError(f"RANK / WORLD_SIZE / LOCAL_RANK must be integers (as torchrun sets them): {error}")
+            raise ValueError(
+                f"RANK / WORLD_SIZE / LOCAL_RANK must be integers (as torchrun sets them): {error}"
+            ) from None
 
     @property
     def distributed(self) -> bool:

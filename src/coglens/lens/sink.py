@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from coglens.lens.capture import BatchResult
 from coglens.lens.records import LensWriter
 
+
 @dataclass
 class WrittenTotals:
     samples: int = 0

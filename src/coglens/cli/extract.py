@@ -1,0 +1,135 @@
+"""``coglens extract --config FILE.yaml``: run the lens over a config's inputs and store the activations.
+
+Every option overrides the config only when given (VLM-Lens's ``--device`` always overrode the YAML). The
+options read no environment variables, for the same reason. ``python -m coglens.lens`` runs this command too
+(what ``torchrun`` starts on each rank).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from coglens.cli.export import lens_errors_exit
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="Lens config (YAML; VLM-Lens configs are accepted as is)."),
+]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option("--model", "-m", help="Checkpoint folder or tiny:VARIANT (the config's model_path)."),
+]
+OutputOpt = Annotated[
+    str | None,
+    typer.Option("--output", "-o", help="SQLite file or postgresql+psycopg:// URL (output / output_db)."),
+]
+DeviceOpt = Annotated[
+    str | None, typer.Option("--device", help="cpu | cuda | cuda:N | mps | auto (all GPUs).")
+]
+DtypeOpt = Annotated[
+    str | None, typer.Option("--dtype", help="Model dtype: auto | float32 | bfloat16 | float16.")
+]
+StoreDtypeOpt = Annotated[
+    str | None, typer.Option("--store-dtype", help="Stored dtype: model | float32 | bfloat16 | float16.")
+]
+BatchSizeOpt = Annotated[int | None, typer.Option("--batch-size", "-b", help="Samples per forward pass.")]
+RunNameOpt = Annotated[
+    str | None, typer.Option("--run-name", help="Run to write (default: the config file's name); resumes it.")
+]
+OverwriteOpt = Annotated[
+    bool, typer.Option("--overwrite", help="Delete the run's stored rows and start over.")
+]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Log every batch (debug logging).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+ModuleOpt = Annotated[
+    list[str] | None, typer.Option("--module", "-M", help="Module pattern to capture; repeat for several.")
+]
+TokensOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--tokens", help="all | last | image | text | boi | eoi | [0, -1] | slice:START:STOP | frame:N"
+    ),
+]
+PoolingOpt = Annotated[str | None, typer.Option("--pooling", help="none | mean | max | last.")]
+StepsOpt = Annotated[str | None, typer.Option("--steps", help="prefill | all (every generation step).")]
+CaptureOpt = Annotated[str | None, typer.Option("--capture", help="output | input | both.")]
+FormatOpt = Annotated[str | None, typer.Option("--output-format", help="coglens | vlm-lens.")]
+PromptOpt = Annotated[str | None, typer.Option("--prompt", help="Prompt for every input_dir image.")]
+InputDirOpt = Annotated[
+    str | None, typer.Option("--input-dir", help="Folder of images (replaces the config's input).")
+]
+ManifestOpt = Annotated[
+    str | None,
+    typer.Option("--manifest", help="JSONL/CSV of image, prompt, label, id (replaces the config's input)."),
+]
+
+
+def extract(
+    config: ConfigOpt = None,
+    model: ModelOpt = None,
+    output: OutputOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    store_dtype: StoreDtypeOpt = None,
+    batch_size: BatchSizeOpt = None,
+    run_name: RunNameOpt = None,
+    overwrite: OverwriteOpt = False,
+    debug: DebugOpt = False,
+    quiet: QuietOpt = False,
+    module: ModuleOpt = None,
+    tokens: TokensOpt = None,
+    pooling: PoolingOpt = None,
+    steps: StepsOpt = None,
+    capture: CaptureOpt = None,
+    output_format: FormatOpt = None,
+    prompt: PromptOpt = None,
+    input_dir: InputDirOpt = None,
+    manifest: ManifestOpt = None,
+) -> None:
+    """Capture module activations over the config's inputs into a database (resumes an interrupted run)."""
+    from coglens.lens.config import load_lens_config
+    from coglens.lens.discovery import write_module_log
+    from coglens.lens.progress import print_summary
+    from coglens.lens.ranks import Ranks
+    from coglens.lens.runner import DEFAULT_RUN_NAME, load_pipeline, run_lens
+
+    overrides = {
+        "model": model,
+        "output": output,
+        "device": device,
+        "dtype": dtype,
+        "store_dtype": store_dtype,
+        "batch_size": batch_size,
+        "run_name": run_name,
+        "overwrite": overwrite or None,
+        "debug": debug or None,
+        "modules": module or None,
+        "tokens": tokens,
+        "pooling": pooling,
+        "steps": steps,
+        "capture": capture,
+        "output_format": output_format,
+        "prompt": prompt,
+        "input_dir": input_dir,
+        "manifest": manifest,
+    }
+    lens_config = load_lens_config(config, overrides)
+    if lens_config.debug:
+        logging.getLogger("coglens").setLevel(logging.DEBUG)
+    if lens_config.log_named_modules:
+        path = write_module_log(load_pipeline(lens_config).model, lens_config.model_path)
+        typer.echo(f"wrote the module names of {lens_config.model_path} to {path}")
+        return
+    with lens_errors_exit():
+        summary = run_lens(
+            lens_config,
+            default_run_name=config.stem if config is not None else DEFAULT_RUN_NAME,
+            show_progress=not quiet,
+        )
+    if Ranks.from_env().is_main:  # rank 0 prints the summary of every rank
+        print_summary(summary, Console(soft_wrap=True))
