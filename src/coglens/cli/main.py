@@ -9,12 +9,15 @@ import sys
 import typer
 
 from .ask import ask
+from .chat import chat
+from .explain import explain
 from .export import export_command
 from .extract import extract
 from .merge import merge_command
 from .modules import modules
 from .serve import serve
 from .tiny import tiny
+from .web import web
 
 app = typer.Typer(
     name="coglens",
@@ -30,6 +33,9 @@ app.command()(modules)
 app.command("export")(export_command)
 app.command("merge")(merge_command)
 app.command()(serve)
+app.command()(chat)
+app.command()(web)
+app.command()(explain)
 
 
 def main() -> None:

@@ -1,0 +1,79 @@
+"""``coglens chat``: talk with the model about an image (or video) in the terminal."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Annotated
+
+import typer
+
+from ._options import (
+    BoxesOutOpt,
+    DeviceOpt,
+    DtypeOpt,
+    ImageOpt,
+    MaxNewTokensOpt,
+    ModelOpt,
+    SeedOpt,
+    TemperatureOpt,
+    TemplateOpt,
+    TokenizerOpt,
+    TopKOpt,
+    TopPOpt,
+    VideoOpt,
+)
+
+GroundingOpt = Annotated[
+    bool, typer.Option("--grounding", help="Grounding checkpoints: base template, and the boxes of each "
+                       "answer listed (and drawn to --boxes-out).")
+]
+MultiImageOpt = Annotated[
+    bool, typer.Option("--multi-image", help="Keep the history when /image switches images (each image stays "
+                       "with its turn; an extension the released models were not trained on).")
+]
+
+
+def chat(
+    image: ImageOpt = None,
+    video: VideoOpt = None,
+    model: ModelOpt = None,
+    tokenizer: TokenizerOpt = None,
+    template: TemplateOpt = None,
+    grounding: GroundingOpt = False,
+    multi_image: MultiImageOpt = False,
+    boxes_out: BoxesOutOpt = None,
+    dtype: DtypeOpt = None,
+    device: DeviceOpt = None,
+    max_new_tokens: MaxNewTokensOpt = 512,
+    temperature: TemperatureOpt = 0.0,
+    top_p: TopPOpt = 1.0,
+    top_k: TopKOpt = 0,
+    seed: SeedOpt = None,
+) -> None:
+    """Chat in the terminal: streamed answers, history, clear / stop, /image, /video, /save."""
+    from ..chat.repl import ChatRepl
+    from ..chat.session import ChatSession
+    from ..engine import SamplingParams
+    from ..pipeline import Pipeline
+
+    if image is not None and video is not None:
+        raise typer.BadParameter("give --image or --video, not both")
+    if grounding and template not in (None, "base"):
+        raise typer.BadParameter(f"--grounding uses the base template; drop --template {template}")
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, do_sample=temperature > 0,
+                            top_p=top_p, top_k=top_k, seed=seed)
+    _enable_line_editing()
+    typer.echo("Loading the model...", err=True)
+    pipe = Pipeline.load(model, tokenizer=tokenizer, dtype=dtype, device=device, max_batch_size=1)
+    session = ChatSession(pipe, template="base" if grounding else template, multi_image=multi_image)
+    if image is not None:
+        session.set_media(session.load_image(image))
+    elif video is not None:
+        session.set_media(session.load_video(video))
+    ChatRepl(session, params, grounding=grounding, boxes_out=boxes_out).run()
+
+
+def _enable_line_editing() -> None:
+    """Arrow keys and an up-arrow history of the typed lines, where Python has readline (not on Windows)."""
+    with contextlib.suppress(ImportError):
+        import readline  # noqa: F401  (importing it is what hooks it into input())

@@ -1,0 +1,35 @@
+"""``coglens web``: the Gradio chat demo in the browser."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ._options import DeviceOpt, DtypeOpt, ModelOpt, TokenizerOpt
+
+
+def web(
+    model: ModelOpt = None,
+    tokenizer: TokenizerOpt = None,
+    dtype: DtypeOpt = None,
+    device: DeviceOpt = None,
+    host: Annotated[str, typer.Option("--host", help="Interface to listen on (0.0.0.0: all).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 7860,
+    share: Annotated[bool, typer.Option("--share/--no-share", help="Also open a gradio.live link.")] = False,
+    max_batch_size: Annotated[
+        int, typer.Option("--max-batch-size", help="Most answers decoded together (concurrent users).")
+    ] = 8,
+) -> None:
+    """Serve the web chat demo: image/video upload, streamed answers, grounding boxes drawn."""
+    try:
+        from ..chat.web import launch
+    except ImportError as exc:  # Gradio is an optional extra
+        typer.echo(f"error: coglens web needs Gradio ({exc}); pip install 'coglens[web]'", err=True)
+        raise typer.Exit(1) from exc
+    from ..pipeline import Pipeline
+
+    pipe = Pipeline.load(model, tokenizer=tokenizer, dtype=dtype, device=device,
+                         max_batch_size=max_batch_size)
+    typer.echo(f"Serving {pipe.model_path} on http://{host}:{port} (Ctrl-C stops)", err=True)
+    launch(pipe, host=host, port=port, share=share)
