@@ -18,11 +18,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from coglens.processing.image import CLIP_MEAN, CLIP_STD  # the same statistics as the image path
 from coglens.processing.video.errors import VideoInputError
-
-# OpenAI CLIP statistics, the same constants as CogVLM's image preprocessing.
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def transform_clip(clip: torch.Tensor, image_size: int) -> torch.Tensor:
