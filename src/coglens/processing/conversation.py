@@ -18,12 +18,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import groupby
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from coglens.modeling.routing import build_position_ids
 from coglens.processing.errors import ContextLengthError, ConversationError
 from coglens.processing.image import ImageSource, load_image, preprocess_image
 from coglens.processing.template import render_turns, resolve_template
@@ -33,7 +33,6 @@ if TYPE_CHECKING:
 
 LANGUAGE_TOKEN_TYPE = 0
 VISION_TOKEN_TYPE = 1
-POSITIONS_PER_IMAGE = 3  # boi, all patches (one shared position), eoi
 
 ImageInput = ImageSource | torch.Tensor  # a tensor is an already preprocessed (3, S, S) image
 VideoInput = torch.Tensor | np.ndarray  # (T, 3, S, S) float frames, or uint8 (C, T, H, W) / (T, H, W, C)
@@ -93,17 +92,13 @@ def count_positions(
     inner tokens together, its last token). Masked tokens take none, but a left-padded row starts at position
     1, as the original ``build_position_ids`` counts column 0 even when it is padding.
     """
-    types = _int_list(token_type_ids)
-    mask = [1] * len(types) if attention_mask is None else _int_list(attention_mask)
-    if len(mask) != len(types):
-        raise ConversationError(f"attention_mask has {len(mask)} entries for {len(types)} token types")
-    real = [t for t, keep in zip(types, mask, strict=True) if keep]
-    run_lengths = ((kind, sum(1 for _ in run)) for kind, run in groupby(real))
-    positions = sum(
-        length if kind == LANGUAGE_TOKEN_TYPE else min(length, POSITIONS_PER_IMAGE) for kind, length in run_lengths
-    )
-    left_padded = bool(real) and not mask[0]
-    return positions + int(left_padded)
+    types = torch.as_tensor(token_type_ids, dtype=torch.long).view(1, -1)
+    mask = None if attention_mask is None else torch.as_tensor(attention_mask, dtype=torch.long).view(1, -1)
+    if mask is not None and mask.shape != types.shape:
+        raise ConversationError(f"attention_mask has {mask.shape[1]} entries for {types.shape[1]} token types")
+    if types.numel() == 0 or (mask is not None and not bool(mask.any())):
+        return 0
+    return int(build_position_ids(types, mask).max()) + 1
 
 
 def check_context(
@@ -283,6 +278,3 @@ def _append(ids: list[int], types: list[int], new_ids: list[int], token_type: in
     ids.extend(new_ids)
     types.extend([token_type] * len(new_ids))
 
-
-def _int_list(values: Sequence[int] | torch.Tensor) -> list[int]:
-    return values.tolist() if isinstance(values, torch.Tensor) else list(values)
