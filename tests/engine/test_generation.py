@@ -155,3 +155,5 @@ def test_engine_abort_and_bad_requests(pipe):
                                           SamplingParams(max_new_tokens=10**6)))
     with pytest.raises(EngineInputError, match="top_p"):
         SamplingParams(top_p=0)
+    with pytest.raises(EngineInputError, match="stop strings must not be empty"):
+        SamplingParams(stop=[""])  # "" is in every text: it would end every answer before it starts

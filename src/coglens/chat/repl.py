@@ -156,7 +156,12 @@ class ChatRepl:
         if drawn is None:
             self._say("  (no image to draw the boxes on)")
             return
-        drawn.save(self.boxes_out)
+        try:
+            self.boxes_out.parent.mkdir(parents=True, exist_ok=True)
+            drawn.save(self.boxes_out)
+        except OSError as exc:  # a bad path must not end the conversation
+            self._say(f"  (cannot save the boxes: {exc})")
+            return
         self._say(f"  ({len(turn.grounding.boxes)} box(es) drawn to {self.boxes_out})")
 
     def _banner(self) -> str:

@@ -50,6 +50,8 @@ def ask(
     from ..pipeline import Pipeline
     from .media import load_media
 
+    if boxes_out is not None and image is None:  # say so before the model runs, not after the answer
+        raise ValueError("--boxes-out needs --image: boxes are drawn on the image they refer to")
     pipe = Pipeline.load(model, tokenizer=tokenizer, dtype=dtype, device=device)
     images = load_media(pipe, image=image, video=video, template=template, video_strategy=video_strategy,
                         num_frames=num_frames)
@@ -65,13 +67,12 @@ def ask(
         save_boxes(image, "".join(answer), boxes_out)
 
 
-def save_boxes(image: Path | None, answer: str, out: Path) -> None:
+def save_boxes(image: Path, answer: str, out: Path) -> None:
     from ..grounding import draw_boxes, parse_boxes
     from ..processing.image import load_image
 
-    if image is None:
-        raise ValueError("--boxes-out needs --image: boxes are drawn on the image they refer to")
     result = parse_boxes(answer)
+    out.parent.mkdir(parents=True, exist_ok=True)
     draw_boxes(load_image(image), result).save(out)
     typer.echo(f"{len(result.boxes)} box(es) drawn to {out}" + (f"; {len(result.errors)} malformed" if result.errors
                                                                    else ""), err=True)

@@ -19,7 +19,7 @@ AlphaOpt = Annotated[float, typer.Option("--alpha", help="Heat map opacity over 
 def explain(
     question: Annotated[str, typer.Argument(help="What to ask about the image.")],
     image: ExplainImageOpt,
-    out: OutOpt = Path("attention.png"),
+    out: OutOpt = Path("output/attention.png"),
     layers: LayersOpt = "all",
     heads: HeadsOpt = "all",
     alpha: AlphaOpt = 0.5,
@@ -47,6 +47,7 @@ def explain(
         layers=parse_selection(layers, config.num_hidden_layers, "layer"),
         heads=parse_selection(heads, config.num_attention_heads, "head"),
     )
+    out.parent.mkdir(parents=True, exist_ok=True)
     attention_overlay(picture, result.grid, alpha=alpha).save(out)
     typer.echo(result.answer)
     side = result.grid.shape[0]

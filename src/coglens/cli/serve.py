@@ -19,7 +19,7 @@ def serve(
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
     host: Annotated[str, typer.Option("--host", help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port.")] = 8000,
     api_key: Annotated[str | None, typer.Option(
         "--api-key", envvar="COGLENS_API_KEY",
         help="Require 'Authorization: Bearer KEY' on every route but /health and the docs.")] = None,

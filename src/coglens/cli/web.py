@@ -15,7 +15,7 @@ def web(
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
     host: Annotated[str, typer.Option("--host", help="Interface to listen on (0.0.0.0: all).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 7860,
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on.")] = 7860,
     share: Annotated[bool, typer.Option("--share/--no-share", help="Also open a gradio.live link.")] = False,
     max_batch_size: Annotated[
         int, typer.Option("--max-batch-size", help="Most answers decoded together (concurrent users).")

@@ -18,6 +18,7 @@ import torch
 
 from ..modeling.modeling_cogvlm import execution_device
 from ..modeling.routing import build_position_ids
+from ..processing.conversation import count_positions
 from .cache import BatchKVCache, pad_mask_left
 from .params import EngineInputError, GenerationRequest, GenerationResult, TokenEvent
 from .sampling import sample_next
@@ -72,7 +73,7 @@ class Engine:
 
     def add(self, request: GenerationRequest) -> None:
         """Queue a request; it is prefilled at the next step with room in the batch."""
-        positions = int(build_position_ids(request.token_type_ids.view(1, -1))[0, -1]) + 1
+        positions = count_positions(request.token_type_ids)
         if positions > self.max_positions:
             raise EngineInputError(
                 f"the prompt takes {positions} positions but the model has {self.max_positions}; shorten it"

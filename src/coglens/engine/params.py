@@ -48,6 +48,8 @@ class SamplingParams:
                 raise EngineInputError(f"{name}={getattr(self, name)!r} {rule}")
         if isinstance(self.stop, str):
             self.stop = [self.stop]
+        if any(not s for s in self.stop):  # "" is in every text: it would end every answer at once
+            raise EngineInputError("stop strings must not be empty")
 
     @property
     def greedy(self) -> bool:

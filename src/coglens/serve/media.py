@@ -64,7 +64,7 @@ class MediaLoader:
     async def read(self, ref: MediaRef) -> bytes:
         """The raw bytes behind ``ref.url``, whatever its scheme, or a 4xx :class:`ServeError`."""
         url = ref.url.strip()
-        scheme = urlsplit(url).scheme.lower() if "://" in url or url.startswith("data:") else ""
+        scheme = urlsplit(url).scheme.lower() if "://" in url or url[:5].lower() == "data:" else ""
         if scheme == "data":
             return _data_url_bytes(url, ref)
         if scheme in ("http", "https"):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 logger = logging.getLogger("coglens.serve.protocol")
 
@@ -22,6 +22,17 @@ class WireModel(BaseModel):
         if self.model_extra:
             logger.debug("%s: ignoring unknown fields %s", type(self).__name__, sorted(self.model_extra))
         return self
+
+
+def _stop_list(value: object) -> object:
+    """A stop string or a list of them; an empty one would end every answer at once, so it is refused."""
+    stops = [] if value is None else [value] if isinstance(value, str) else value
+    if isinstance(stops, list) and any(isinstance(s, str) and not s for s in stops):
+        raise ValueError("stop strings must not be empty")
+    return stops
+
+
+StopList = Annotated[list[str], BeforeValidator(_stop_list)]
 
 
 class ResponseModel(BaseModel):

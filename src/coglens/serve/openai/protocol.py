@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from ...engine import SamplingParams
-from ..wire import ContentPart, ResponseModel, WireModel
+from ..wire import ContentPart, ResponseModel, StopList, WireModel
 
 
 class ChatMessage(WireModel):
@@ -34,7 +34,7 @@ class ChatCompletionRequest(WireModel):
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
     top_k: int | None = Field(default=None, ge=-1)
-    stop: str | list[str] | None = None
+    stop: StopList = Field(default_factory=list)
     seed: int | None = None
     n: int = Field(default=1, ge=1)
     presence_penalty: float = Field(default=0.0, ge=-2, le=2)
@@ -47,14 +47,6 @@ class ChatCompletionRequest(WireModel):
     ignore_eos: bool = False
     template: str | None = None
     user: str | None = None
-
-    @field_validator("stop")
-    @classmethod
-    def _stop_list(cls, value: str | list[str] | None) -> list[str]:
-        stops = [value] if isinstance(value, str) else list(value or [])
-        if any(not s for s in stops):
-            raise ValueError("stop strings must not be empty")
-        return stops
 
     @property
     def requested_max_tokens(self) -> tuple[int | None, str]:

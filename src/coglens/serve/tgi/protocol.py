@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from ...engine import SamplingParams
-from ..wire import ContentPart, ResponseModel, WireModel
+from ..wire import ContentPart, ResponseModel, StopList, WireModel
 
 DEFAULT_MAX_NEW_TOKENS = 100  # TGI's default
 
@@ -29,16 +29,11 @@ class TGIParameters(WireModel):
     repetition_penalty: float | None = Field(default=None, gt=0)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     seed: int | None = Field(default=None, ge=0)
-    stop: list[str] = Field(default_factory=list)
+    stop: StopList = Field(default_factory=list)
     details: bool = False
     decoder_input_details: bool = False
     return_full_text: bool = False
     template: str | None = None
-
-    @field_validator("stop", mode="before")
-    @classmethod
-    def _stop_list(cls, value: object) -> object:
-        return [] if value is None else [value] if isinstance(value, str) else value
 
     @property
     def sampling(self) -> bool:

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from ...engine import SamplingParams
-from ..wire import ContentPart, ResponseModel, WireModel
+from ..wire import ContentPart, ResponseModel, StopList, WireModel
 
 DEFAULT_MAX_NEW_TOKENS = 256
 MODEL_VERSION = "1"
@@ -32,15 +32,10 @@ class TritonParameters(WireModel):
     presence_penalty: float = Field(default=0.0, ge=-2, le=2)
     frequency_penalty: float = Field(default=0.0, ge=-2, le=2)
     seed: int | None = None
-    stop: list[str] = Field(default_factory=list)
+    stop: StopList = Field(default_factory=list)
     ignore_eos: bool = False
     details: bool = False
     template: str | None = None
-
-    @field_validator("stop", mode="before")
-    @classmethod
-    def _stop_list(cls, value: object) -> object:
-        return [] if value is None else [value] if isinstance(value, str) else value
 
     def to_sampling_params(self, max_new_tokens: int) -> SamplingParams:
         return SamplingParams(

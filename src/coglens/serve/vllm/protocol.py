@@ -6,10 +6,10 @@ fields of vLLM's ``SamplingParams`` at the top level (pydantic only).
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from ...engine import SamplingParams
-from ..wire import ContentPart, ResponseModel, WireModel
+from ..wire import ContentPart, ResponseModel, StopList, WireModel
 
 DEFAULT_MAX_TOKENS = 16  # vLLM SamplingParams' default
 
@@ -28,15 +28,10 @@ class VLLMGenerateRequest(WireModel):
     presence_penalty: float = Field(default=0.0, ge=-2, le=2)
     frequency_penalty: float = Field(default=0.0, ge=-2, le=2)
     seed: int | None = None
-    stop: list[str] = Field(default_factory=list)
+    stop: StopList = Field(default_factory=list)
     stop_token_ids: list[int] = Field(default_factory=list)
     ignore_eos: bool = False
     template: str | None = None
-
-    @field_validator("stop", mode="before")
-    @classmethod
-    def _stop_list(cls, value: object) -> object:
-        return [] if value is None else [value] if isinstance(value, str) else value
 
     def to_sampling_params(self, max_new_tokens: int) -> SamplingParams:
         return SamplingParams(
