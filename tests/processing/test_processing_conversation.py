@@ -294,9 +294,6 @@ def test_video_vqa_is_one_vision_run_then_the_vqa_prompt(tiny_config):
 
 
 def test_video_uint8_clip_is_transformed(goldens, tiny_config):
-    video = pytest.importorskip("coglens.processing.video")
-    if not hasattr(video, "transform_clip"):
-        pytest.skip("coglens.processing.video.transform_clip is not there yet")
     recorded = goldens("cogvlm2-video")
     clip = recorded["frames/cfr/transform_input_uint8"]  # (C, T, H, W)
     config = tiny_config("cogvlm2-video")

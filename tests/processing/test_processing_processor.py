@@ -137,7 +137,7 @@ def test_from_pretrained_cogvlm1_needs_a_tokenizer_path(fixtures_dir, tmp_path):
 
 def test_batch_feeds_the_model_like_the_recorded_call(goldens, tiny_config, fixtures_dir):
     """End to end on the tiny CogVLM2: the processor's batch gives the recorded logits."""
-    modeling = pytest.importorskip("coglens.modeling")
+    from coglens import modeling
     recorded = goldens("cogvlm2")
     rows = _recorded_batch(recorded, IMAGE_TOKENS["cogvlm2"])
     tokenizer = StubTokenizer(fixed_rule({f"Question: {query} Answer:": ids for query, ids, _ in rows}))
@@ -153,7 +153,7 @@ def test_batch_feeds_the_model_like_the_recorded_call(goldens, tiny_config, fixt
 
 def test_mixed_batch_rows_give_what_they_give_alone(tiny_config, fixtures_dir):
     """A text-only row beside an image row: each row's logits equal its own unpadded run."""
-    modeling = pytest.importorskip("coglens.modeling")
+    from coglens import modeling
     model = modeling.CogvlmForCausalLM.from_pretrained(fixtures_dir / "cogvlm2-tiny")
     processor = CogvlmProcessor(StubTokenizer(lambda text: [5 + len(word) for word in text.split()]),
                                 tiny_config("cogvlm2"))
@@ -167,7 +167,7 @@ def test_mixed_batch_rows_give_what_they_give_alone(tiny_config, fixtures_dir):
 
 def test_tiny_checkpoint_with_its_own_tokenizer(tmp_path):
     """The processor on a checkpoint folder as coglens.tiny writes it (config, weights, BPE tokenizer)."""
-    tiny = pytest.importorskip("coglens.tiny")
+    from coglens import tiny
     processor = CogvlmProcessor.from_pretrained(tiny.write_tiny_checkpoint("cogvlm2-video", tmp_path / "video"))
     clip = torch.zeros(3, 3, 56, 56)
     batch = processor(["Describe the video.", "Hello"], images=[clip, None])

@@ -9,7 +9,8 @@ import pytest
 
 from coglens.tiny import TINY_VARIANTS, write_tiny_checkpoint
 
-PARITY_DIR = Path(os.environ.get("COGLENS_PARITY_FIXTURES", "/work/shared/fixtures/parity"))
+PARITY_DIR = Path(os.environ.get("COGLENS_FIXTURES",
+                                  Path(__file__).resolve().parents[3] / "shared/fixtures/parity"))
 
 
 @pytest.fixture
@@ -19,7 +20,7 @@ def fixture_dir():
     def find(variant: str, suffix: str = "") -> Path:
         path = PARITY_DIR / f"{variant}-tiny{suffix}"
         if not path.is_dir():
-            pytest.skip(f"parity fixtures not found at {path} (set COGLENS_PARITY_FIXTURES)")
+            pytest.fail(f"parity fixtures not found at {path} (set COGLENS_FIXTURES)")
         return path
 
     return find

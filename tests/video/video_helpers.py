@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-PARITY_DIR = Path(os.environ.get("COGLENS_PARITY_FIXTURES", "/work/shared/fixtures/parity"))
+PARITY_DIR = Path(os.environ.get("COGLENS_FIXTURES",
+                                  Path(__file__).resolve().parents[3] / "shared/fixtures/parity"))
 GOLDENS_DIR = PARITY_DIR / "cogvlm2-video-tiny-goldens"
 GOLDEN_VIDEOS = ("cfr", "vfr", "long")
 COLOUR_TOLERANCE = 6  # max |decoded - written| per channel for solid frames through yuv420p H.264
