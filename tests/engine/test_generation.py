@@ -157,3 +157,13 @@ def test_engine_abort_and_bad_requests(pipe):
         SamplingParams(top_p=0)
     with pytest.raises(EngineInputError, match="stop strings must not be empty"):
         SamplingParams(stop=[""])  # "" is in every text: it would end every answer before it starts
+
+
+@pytest.mark.parametrize("variant", ["cogvlm", "cogvlm2"])
+def test_incremental_text_equals_decoding_the_whole_answer(variant):
+    """The engine detokenises a short window per token; the result must equal decoding all tokens at once."""
+    pipe = Pipeline.load(f"tiny:{variant}", device="cpu")
+    params = SamplingParams(max_new_tokens=120, do_sample=True, temperature=1.5, seed=3, ignore_eos=True)
+    events = list(pipe.stream("Tell me a long story.", params=params))
+    ids = [e.token_id for e in events]
+    assert "".join(e.text for e in events) == pipe.tokenizer.decode(ids, skip_special_tokens=True)

@@ -31,8 +31,10 @@ class _Sequence:
     generator: torch.Generator | None = None
     generated: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
-    emitted: int = 0  # characters of the text already streamed
-    text: str = ""
+    decoded: str = ""  # the whole answer so far, detokenised incrementally (see _decode_new)
+    prefix_offset: int = 0  # the detokeniser's window over `generated`
+    read_offset: int = 0
+    text: str = ""  # what has been streamed: `decoded` less held-back stop-string prefixes
     finish_reason: str | None = None
     events: deque[TokenEvent] = field(default_factory=deque)
 
@@ -244,22 +246,37 @@ class Engine:
         seq.generated.append(token)
         seq.logprobs.append(logprob)
         is_eos = (token in self.eos_ids and not params.ignore_eos) or token in params.stop_token_ids
-        text_ids = seq.generated[:-1] if is_eos else seq.generated
-        full = self.tokenizer.decode(text_ids, skip_special_tokens=True)
-        visible, stopped = _visible_text(full, params.stop)
+        text_ids = seq.generated[:-1] if is_eos else seq.generated  # an eos token is not text
+        if not is_eos:
+            seq.decoded += self._decode_new(seq, text_ids)
+        visible, stopped = _visible_text(seq.decoded, params.stop)
         if is_eos or stopped:
             seq.finish_reason = "stop"
         elif len(seq.generated) >= params.max_new_tokens:
             seq.finish_reason = "length"
         if seq.finish_reason is not None and not stopped:
-            visible = full  # the end: release text held back for a possible stop string
-        delta = visible[seq.emitted:] if len(visible) > seq.emitted else ""
-        seq.emitted = max(seq.emitted, len(visible))
-        seq.text = visible if seq.finish_reason is not None else seq.text + delta
+            seq.decoded += self._decode_new(seq, text_ids, final=True)
+            visible = seq.decoded  # the end: release text held back for a possible stop string
+        delta = visible[len(seq.text):]
+        seq.text += delta
         event = TokenEvent(seq.request.request_id, token, delta, logprob, len(seq.generated) - 1,
                            seq.finish_reason, int(seq.request.input_ids.numel()))
         seq.events.append(event)
         return event
+
+    def _decode_new(self, seq: _Sequence, ids: list[int], *, final: bool = False) -> str:
+        """Text added by ``ids`` since the last read, decoding a short window instead of the whole answer.
+
+        The window starts a few tokens back (``prefix_offset``) so that tokenizers that drop a leading space
+        or merge bytes across tokens decode the new tokens as they would in the full text. A partial UTF-8
+        character waits for the next token unless ``final``.
+        """
+        prefix = self.tokenizer.decode(ids[seq.prefix_offset:seq.read_offset], skip_special_tokens=True)
+        full = self.tokenizer.decode(ids[seq.prefix_offset:], skip_special_tokens=True)
+        if len(full) <= len(prefix) or (full.endswith("\ufffd") and not final):
+            return ""
+        seq.prefix_offset, seq.read_offset = seq.read_offset, len(ids)
+        return full[len(prefix):]
 
     def _drop_aborted(self, events: list[TokenEvent]) -> None:
         with self._lock:
@@ -299,12 +316,10 @@ class Engine:
 
 
 def _visible_text(text: str, stops: list[str]) -> tuple[str, bool]:
-    """Text safe to show now: cut at a stop string, hold back a possible stop prefix or a partial character."""
+    """Text safe to show now: cut at a stop string, and hold back a suffix that may start one."""
     if stops and any(s in text for s in stops):
         return _cut_at_stop(text, stops), True
     end = len(text)
-    while end and text[end - 1] == "\ufffd":
-        end -= 1
     for stop in stops:
         for k in range(min(len(stop) - 1, end), 0, -1):
             if text[:end].endswith(stop[:k]):
