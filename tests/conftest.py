@@ -9,17 +9,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from parity_paths import PARITY_DIR
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
-FIXTURES = Path(os.environ.get("COGLENS_FIXTURES", Path(__file__).resolve().parents[2] / "shared/fixtures/parity"))
+FIXTURES = PARITY_DIR
 PARITY_SETS = ("cogvlm", "cogvlm2", "cogvlm2-video")
 
 
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     if not FIXTURES.is_dir():
-        pytest.fail(f"parity fixtures not found at {FIXTURES}; set COGLENS_FIXTURES")
+        pytest.fail(f"parity fixtures not found at {FIXTURES}")
     return FIXTURES
 
 

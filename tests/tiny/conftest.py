@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
+from parity_paths import PARITY_DIR
 
 from coglens.tiny import TINY_VARIANTS, write_tiny_checkpoint
-
-PARITY_DIR = Path(os.environ.get("COGLENS_FIXTURES",
-                                  Path(__file__).resolve().parents[3] / "shared/fixtures/parity"))
 
 
 @pytest.fixture
@@ -20,7 +17,7 @@ def fixture_dir():
     def find(variant: str, suffix: str = "") -> Path:
         path = PARITY_DIR / f"{variant}-tiny{suffix}"
         if not path.is_dir():
-            pytest.fail(f"parity fixtures not found at {path} (set COGLENS_FIXTURES)")
+            pytest.fail(f"parity fixtures not found at {path}")
         return path
 
     return find

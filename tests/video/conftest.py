@@ -33,7 +33,7 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> dict[str, SyntheticVi
 def goldens() -> dict[str, torch.Tensor]:
     path = GOLDENS_DIR / "goldens.safetensors"
     if not path.is_file():
-        pytest.fail(f"parity fixtures not found at {path} (set COGLENS_FIXTURES)")
+        pytest.fail(f"parity fixtures not found at {path}")
     return load_file(path)
 
 
@@ -41,5 +41,5 @@ def goldens() -> dict[str, torch.Tensor]:
 def golden_cases() -> dict[str, dict]:
     path = GOLDENS_DIR / "cases.json"
     if not path.is_file():
-        pytest.fail(f"parity fixtures not found at {path} (set COGLENS_FIXTURES)")
+        pytest.fail(f"parity fixtures not found at {path}")
     return json.loads(path.read_text())["cases"]["frames"]["videos"]

@@ -6,15 +6,13 @@ frame it is even after lossy H.264 coding (errors stay within a few levels).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
+from parity_paths import PARITY_DIR
 
-PARITY_DIR = Path(os.environ.get("COGLENS_FIXTURES",
-                                  Path(__file__).resolve().parents[3] / "shared/fixtures/parity"))
 GOLDENS_DIR = PARITY_DIR / "cogvlm2-video-tiny-goldens"
 GOLDEN_VIDEOS = ("cfr", "vfr", "long")
 COLOUR_TOLERANCE = 6  # max |decoded - written| per channel for solid frames through yuv420p H.264
