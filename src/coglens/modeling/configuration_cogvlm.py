@@ -80,6 +80,8 @@ class CogvlmConfig(PretrainedConfig):
 
     model_type = "cogvlm"
     variant_default = "cogvlm"
+    # a sub-config: attn_implementation and dtype reach the vision tower the way transformers dispatches them
+    sub_configs_defaults = {"vision_config": CogvlmVisionConfig}
 
     def __init__(
         self,

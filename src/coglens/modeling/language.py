@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.cache_utils import Cache
 
+from .attention import attention_function
 from .configuration_cogvlm import CogvlmConfig
 
 
@@ -31,18 +32,24 @@ class RotaryEmbedding(nn.Module):
     """NeoX half-split rotary. ``inv_freq`` stays float32 whatever dtype the model is cast to.
 
     THUDM's bf16 code builds its angle table from bf16 positions (positions above 256 get rounded); we always
-    compute angles in float32 from integer positions, which is what the float32 model computes.
+    compute angles in float32 from integer positions, which is what the float32 model computes. The table is a
+    checkpoint key (``rotary_emb.inv_freq``, as THUDM stores it): a stored table is used as stored.
     """
 
     def __init__(self, head_dim: int, base: float) -> None:
         super().__init__()
-        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.head_dim, self.base = head_dim, base
+        self.register_buffer("inv_freq", self.compute_inv_freq(), persistent=True)
+
+    def compute_inv_freq(self, device: torch.device | str | None = None) -> torch.Tensor:
+        steps = torch.arange(0, self.head_dim, 2, dtype=torch.float32, device=device)
+        return 1.0 / (self.base ** (steps / self.head_dim))
 
     def _apply(self, fn, recurse=True):  # type: ignore[override]
-        keep = self.inv_freq.float()
+        keep = self.inv_freq.float()  # dtype casts of the model never round the table
         super()._apply(fn, recurse)
-        self.inv_freq = keep.to(self.inv_freq.device)
+        if not keep.is_meta and not self.inv_freq.is_meta:
+            self.inv_freq = keep.to(self.inv_freq.device)
         return self
 
     def forward(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,6 +84,7 @@ def route(
 class VisionExpertAttention(nn.Module):
     def __init__(self, config: CogvlmConfig, layer_idx: int) -> None:
         super().__init__()
+        self.config = config  # read at call time: attn_implementation can change after construction
         self.layer_idx = layer_idx
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = config.num_key_value_heads
@@ -119,18 +127,18 @@ class VisionExpertAttention(nn.Module):
         position_ids: torch.Tensor,
         attention_mask: torch.Tensor | None,
         past_key_values: Cache | None,
+        attentions: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
+        """``attentions``: a list that collects this layer's weights (B, H, Lq, Lk), computed eagerly."""
         b, n, hidden = hidden_states.shape
         q, k, v = self.project(hidden_states, vision_mask, position_ids)
         if past_key_values is not None:
             # the cache holds keys after rotary and before the GQA expansion
             k, v = past_key_values.update(k, v, self.layer_idx)
-        # GQA without copying the cache: KV head j serves query heads j*r ... j*r+r-1
-        gqa = self.num_kv_heads != self.num_heads
-        if attention_mask is None:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=n > 1, enable_gqa=gqa)
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, enable_gqa=gqa)
+        attend = attention_function(self.config._attn_implementation, need_weights=attentions is not None)
+        out, weights = attend(q, k, v, attention_mask, causal=True)
+        if attentions is not None:
+            attentions.append(weights)
         out = out.transpose(1, 2).reshape(b, n, hidden)
         return route(out, vision_mask, self.language_expert_dense, self.vision_expert_dense, hidden)
 
@@ -174,8 +182,10 @@ class CogVLMDecoderLayer(nn.Module):
         position_ids: torch.Tensor,
         attention_mask: torch.Tensor | None,
         past_key_values: Cache | None,
+        attentions: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         h = hidden_states + self.self_attn(
-            self.input_layernorm(hidden_states), vision_mask, position_ids, attention_mask, past_key_values
+            self.input_layernorm(hidden_states), vision_mask, position_ids, attention_mask, past_key_values,
+            attentions,
         )
         return h + self.mlp(self.post_attention_layernorm(h), vision_mask)

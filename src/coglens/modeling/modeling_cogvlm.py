@@ -7,20 +7,39 @@ same routing, same position ids, same numerics in float32.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from .configuration_cogvlm import Cogvlm2Config, Cogvlm2VideoConfig, CogvlmConfig
-from .language import CogVLMDecoderLayer, CogvlmRMSNorm
+from .language import CogVLMDecoderLayer, CogvlmRMSNorm, RotaryEmbedding
 from .routing import VISION_TOKEN_TYPE, build_position_ids, vision_expert_mask
-from .vision import EVA2CLIPModel
+from .vision import EVA2CLIPModel, PatchEmbedding
 
 ImagesArg = Sequence[Sequence[torch.Tensor]] | None
+
+# transformers 5.24 renamed the cache argument and output field from ``past_key_values`` to ``cache``
+CACHE_FIELD = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+@dataclass
+class CogvlmModelOutputWithPast(BaseModelOutputWithPast):
+    """``image_hidden_states``: the image features (boi, patches, eoi) that replaced the image placeholders."""
+
+    image_hidden_states: torch.FloatTensor | None = None
+
+
+@dataclass
+class CogvlmCausalLMOutputWithPast(CausalLMOutputWithPast):
+    """``image_hidden_states``: the image features (boi, patches, eoi) that replaced the image placeholders."""
+
+    image_hidden_states: torch.FloatTensor | None = None
 
 
 class ModelInputError(ValueError):
@@ -37,18 +56,16 @@ class CogvlmPreTrainedModel(PreTrainedModel):
     _skip_keys_device_placement = "past_key_values"
 
     def _init_weights(self, module: nn.Module) -> None:
+        """transformers' defaults (linears, embeddings, norms) plus CogVLM's own parameters and rotary table."""
+        super()._init_weights(module)
         std = self.config.initializer_range
-        if isinstance(module, (nn.Linear, nn.Conv2d)):
-            nn.init.normal_(module.weight, std=std)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, std=std)
-        elif isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
-        elif isinstance(module, CogvlmRMSNorm):
-            nn.init.ones_(module.weight)
+        if isinstance(module, RotaryEmbedding):
+            init.copy_(module.inv_freq, module.compute_inv_freq(module.inv_freq.device))
+        elif isinstance(module, EVA2CLIPModel):
+            init.normal_(module.boi, std=std)
+            init.normal_(module.eoi, std=std)
+        elif isinstance(module, PatchEmbedding):
+            init.normal_(module.cls_embedding, std=std)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: Any, *args: Any, **kwargs: Any):  # type: ignore[override]
@@ -73,10 +90,15 @@ class CogvlmModel(CogvlmPreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embed_tokens = value
 
+    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Images (N, 3, S, S) -> LM-space features (N, num_image_tokens, hidden), boi and eoi included."""
+        return self.encode_images([[pixel_values]]).view(pixel_values.shape[0], self.config.num_image_tokens, -1)
+
     def encode_images(self, images: ImagesArg) -> torch.Tensor:
         """All images of the batch (rows in order) -> (total image tokens, hidden).
 
-        An entry may be one image (3, S, S) or a video clip (T, 3, S, S); every frame is encoded as an image.
+        An entry may be one image (3, S, S), a stack of images (N, 3, S, S) or a video clip (T, 3, S, S); every
+        frame is encoded as an image.
         """
         pixels = [img if img.dim() == 4 else img.unsqueeze(0) for row in images or [] for img in row]
         if not pixels:
@@ -102,10 +124,18 @@ class CogvlmModel(CogvlmPreTrainedModel):
         past_key_values: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
+        output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        pixel_values: torch.Tensor | None = None,
+        cache: Cache | None = None,
         **kwargs: Any,
-    ) -> BaseModelOutputWithPast:
+    ) -> CogvlmModelOutputWithPast | tuple:
+        """``images``: one list of (3, S, S) images or (T, 3, S, S) clips per row; or ``pixel_values``
+        (B, 3, S, S) / (B, T, 3, S, S): one image or clip per row. ``cache`` is transformers' newer name for
+        ``past_key_values``; either is accepted."""
+        past_key_values = _one_cache(past_key_values, cache)
+        images = _images_argument(images, pixel_values)
         if (input_ids is None) == (inputs_embeds is None):
             raise ModelInputError("pass exactly one of input_ids or inputs_embeds")
         ref = input_ids if input_ids is not None else inputs_embeds
@@ -115,12 +145,16 @@ class CogvlmModel(CogvlmPreTrainedModel):
         if token_type_ids is None:
             token_type_ids = torch.zeros(b, n, dtype=torch.long, device=device)
         has_vision = bool((token_type_ids == VISION_TOKEN_TYPE).any())
+        image_features = None
         if inputs_embeds is None:
             # ids in image spans are placeholders, overwritten below; keep them inside the vocabulary
             ids = input_ids.masked_fill(token_type_ids == VISION_TOKEN_TYPE, 0) if has_vision else input_ids
             inputs_embeds = self.embed_tokens(ids)
             if has_vision:
-                inputs_embeds = self._merge_image_features(inputs_embeds, images, token_type_ids)
+                image_features = self._image_features_for(images, token_type_ids)
+                inputs_embeds = inputs_embeds.index_put(
+                    (token_type_ids == VISION_TOKEN_TYPE,), image_features.to(inputs_embeds.dtype)
+                )
         if attention_mask is None:
             attention_mask = torch.ones(b, past_len + n, dtype=torch.long, device=device)
         if position_ids is None:
@@ -135,26 +169,33 @@ class CogvlmModel(CogvlmPreTrainedModel):
         vision_mask = vision_expert_mask(token_type_ids) if has_vision and self.config.has_vision_experts else None
         bias = attention_bias(attention_mask, n, past_len, inputs_embeds.dtype)
 
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        attentions: list[torch.Tensor] | None = [] if output_attentions else None
         hidden = inputs_embeds
         all_hidden: tuple[torch.Tensor, ...] | None = () if output_hidden_states else None
         for layer in self.layers:
             if all_hidden is not None:
                 all_hidden += (hidden,)
-            hidden = layer(hidden, vision_mask, position_ids, bias, past_key_values)
+            hidden = layer(hidden, vision_mask, position_ids, bias, past_key_values, attentions)
         hidden = self.norm(hidden)
         if all_hidden is not None:
             all_hidden += (hidden,)
-        return BaseModelOutputWithPast(last_hidden_state=hidden, past_key_values=past_key_values,
-                                       hidden_states=all_hidden)
+        out = CogvlmModelOutputWithPast(
+            last_hidden_state=hidden, hidden_states=all_hidden,
+            attentions=tuple(attentions) if attentions is not None else None,
+            image_hidden_states=image_features, **{CACHE_FIELD: past_key_values},
+        )
+        return out if _wants_dict(return_dict, self.config) else out.to_tuple()
 
-    def _merge_image_features(
-        self, embeds: torch.Tensor, images: ImagesArg, token_type_ids: torch.Tensor
-    ) -> torch.Tensor:
+    def _image_features_for(self, images: ImagesArg, token_type_ids: torch.Tensor) -> torch.Tensor:
         slots = int((token_type_ids == VISION_TOKEN_TYPE).sum())
         if not images or not any(len(row) for row in images):
             raise ModelInputError(
                 f"token_type_ids mark {slots} vision positions but no images were given; pass images=[[pixels], ...]"
-                " (one list per row) or mark the positions as language (0)"
+                " (one list per row), pixel_values=(B, 3, S, S), or mark the positions as language (0)"
             )
         features = self.encode_images(images)
         if features.shape[0] != slots:
@@ -164,7 +205,7 @@ class CogvlmModel(CogvlmPreTrainedModel):
                 f"{features.shape[0]} feature tokens ({self.config.num_image_tokens} each); build inputs with "
                 "CogvlmProcessor or build_conversation_input_ids so that every image gets one span"
             )
-        return embeds.index_put((token_type_ids == VISION_TOKEN_TYPE,), features.to(embeds.dtype))
+        return features
 
     @staticmethod
     def _default_position_ids(
@@ -179,6 +220,30 @@ class CogvlmModel(CogvlmPreTrainedModel):
                 "each image to 3 positions, so they cannot be inferred from the cache length"
             )
         return start.unsqueeze(1) + torch.arange(n, device=start.device)
+
+
+def _one_cache(past_key_values: Cache | None, cache: Cache | None) -> Cache | None:
+    if past_key_values is not None and cache is not None and past_key_values is not cache:
+        raise ModelInputError("pass the KV cache once, as cache= or past_key_values=, not both")
+    return cache if cache is not None else past_key_values
+
+
+def _images_argument(images: ImagesArg, pixel_values: torch.Tensor | None) -> ImagesArg:
+    """``pixel_values`` (one image or clip per row, HF's batched form) as the per-row ``images`` lists."""
+    if pixel_values is None:
+        return images
+    if images is not None:
+        raise ModelInputError("pass images either as images=[[...], ...] or as pixel_values, not both")
+    if pixel_values.dim() not in (4, 5):
+        raise ModelInputError(
+            f"pixel_values of shape {tuple(pixel_values.shape)}: expected (B, 3, S, S) images or (B, T, 3, S, S) "
+            "clips, one per row"
+        )
+    return [[row] for row in pixel_values]
+
+
+def _wants_dict(return_dict: bool | None, config: CogvlmConfig) -> bool:
+    return return_dict if return_dict is not None else getattr(config, "return_dict", True)
 
 
 def execution_device(module: nn.Module) -> torch.device:
@@ -228,6 +293,9 @@ class CogvlmForCausalLM(CogvlmPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, value: nn.Linear) -> None:
         self.lm_head = value
 
+    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model.get_image_features(pixel_values)
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -239,65 +307,59 @@ class CogvlmForCausalLM(CogvlmPreTrainedModel, GenerationMixin):
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
+        output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
-        logits_to_keep: int = 0,
+        logits_to_keep: int | torch.Tensor = 0,
+        pixel_values: torch.Tensor | None = None,
+        cache: Cache | None = None,
         **kwargs: Any,
-    ) -> CausalLMOutputWithPast:
+    ) -> CogvlmCausalLMOutputWithPast | tuple:
         out = self.model(
             input_ids=input_ids, images=images, token_type_ids=token_type_ids, attention_mask=attention_mask,
-            position_ids=position_ids, past_key_values=past_key_values, inputs_embeds=inputs_embeds,
-            use_cache=use_cache, output_hidden_states=output_hidden_states,
+            position_ids=position_ids, past_key_values=_one_cache(past_key_values, cache),
+            inputs_embeds=inputs_embeds, use_cache=use_cache, output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states, return_dict=True, pixel_values=pixel_values,
         )
         hidden = out.last_hidden_state
-        if logits_to_keep:
-            hidden = hidden[:, -logits_to_keep:]
-        logits = self.lm_head(hidden).float()  # the original casts logits to float32
+        # an int keeps the last N positions (0 = all), a tensor picks positions, as transformers' models do
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden[:, keep]).float()  # the original casts logits to float32
         loss = None
         if labels is not None:
             shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1])
             shift_labels = labels[:, 1:].reshape(-1).to(logits.device)
             loss = nn.functional.cross_entropy(shift_logits, shift_labels, ignore_index=-100)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values,
-                                      hidden_states=out.hidden_states)
+        result = CogvlmCausalLMOutputWithPast(
+            loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions,
+            image_hidden_states=out.image_hidden_states, **{CACHE_FIELD: getattr(out, CACHE_FIELD)},
+        )
+        return result if _wants_dict(return_dict, self.config) else result.to_tuple()
 
-    # --- generation: keep token types and compressed positions right across decode steps -----------------
+    # --- generation: transformers' own input preparation, plus what CogVLM needs ----------------------------
 
     def _prepare_attention_mask_for_generation(self, inputs_tensor: torch.Tensor, *args: Any, **kwargs: Any):
         # placeholder ids in image spans may equal the pad id, so never infer a mask from pad ids (as the original)
         return torch.ones(inputs_tensor.shape[:2], dtype=torch.long, device=inputs_tensor.device)
 
-    def prepare_inputs_for_generation(  # type: ignore[override]
-        self,
-        input_ids: torch.LongTensor,
-        past_key_values: Cache | None = None,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.LongTensor | None = None,
-        images: ImagesArg = None,
-        inputs_embeds: torch.Tensor | None = None,
-        **kwargs: Any,
-    ) -> dict[str, Any]:
-        past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
+    def prepare_inputs_for_generation(self, input_ids: torch.LongTensor, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """transformers slices the new tokens and passes the cache; CogVLM adds three things to that:
+        compressed position ids (computed over the whole sequence, then sliced like the ids), and images only
+        while the cache is empty (decode steps never run the vision tower again)."""
+        images = kwargs.pop("images", None)
+        pixel_values = kwargs.pop("pixel_values", None)
+        kwargs.pop("position_ids", None)  # ours are derived from the token types below, never extended by +1
+        token_type_ids = kwargs.get("token_type_ids")
         if token_type_ids is None:
-            token_type_ids = torch.zeros_like(input_ids)
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        position_ids = build_position_ids(token_type_ids, attention_mask)
-        inputs: dict[str, Any] = {
-            "input_ids": input_ids[:, past_len:],
-            "token_type_ids": token_type_ids[:, past_len:],
-            "position_ids": position_ids[:, past_len:],
-            "attention_mask": attention_mask,
-            "past_key_values": past_key_values,
-            "use_cache": kwargs.get("use_cache", True),
-        }
-        if past_len == 0:
-            inputs["images"] = images  # decode steps never look at images again
-            if inputs_embeds is not None:
-                inputs["inputs_embeds"], inputs["input_ids"] = inputs_embeds, None
-        for key in ("logits_to_keep", "output_hidden_states"):
-            if key in kwargs:
-                inputs[key] = kwargs[key]
+            token_type_ids = kwargs["token_type_ids"] = torch.zeros_like(input_ids)
+        attention_mask = kwargs.get("attention_mask")
+        inputs = super().prepare_inputs_for_generation(input_ids, *args, **kwargs)
+        cache = inputs.get(CACHE_FIELD)
+        fed = (inputs["input_ids"] if inputs.get("input_ids") is not None else inputs["inputs_embeds"]).shape[1]
+        full_mask = attention_mask if attention_mask is not None and attention_mask.dim() == 2 else None
+        inputs["position_ids"] = build_position_ids(token_type_ids, full_mask)[:, -fed:]
+        if cache is None or cache.get_seq_length() == 0:
+            inputs["images"], inputs["pixel_values"] = images, pixel_values
         return inputs
 
     def _update_model_kwargs_for_generation(  # type: ignore[override]

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attention import attention_function
 from .configuration_cogvlm import CogvlmConfig, CogvlmVisionConfig
 
 
@@ -33,6 +34,7 @@ class PatchEmbedding(nn.Module):
 class Attention(nn.Module):
     def __init__(self, config: CogvlmVisionConfig) -> None:
         super().__init__()
+        self.config = config  # read at call time: attn_implementation can change after construction
         self.num_heads = config.num_heads
         self.head_dim = config.hidden_size // config.num_heads
         self.query_key_value = nn.Linear(config.hidden_size, 3 * config.hidden_size)
@@ -42,7 +44,8 @@ class Attention(nn.Module):
         b, n, _ = x.shape
         # fused layout is all-q | all-k | all-v; heads are split after that
         qkv = self.query_key_value(x).view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (B, heads, N, D), no mask
+        attend = attention_function(self.config._attn_implementation)
+        out, _ = attend(qkv[0], qkv[1], qkv[2], None, causal=False)  # (B, heads, N, D), no mask
         return self.dense(out.transpose(1, 2).reshape(b, n, -1))
 
 
