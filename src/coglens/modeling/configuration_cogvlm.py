@@ -251,6 +251,13 @@ def load_config(path: str | Path, **overrides: Any) -> CogvlmConfig:
     return CONFIG_CLASSES[variant](**raw)
 
 
+def declares_variant(folder: str | Path) -> bool:
+    """Whether ``config.json`` says which variant it is (coglens's and transformers' saves do; THUDM's do not)."""
+    file = Path(folder) / "config.json"
+    raw = json.loads(file.read_text()) if file.is_file() else {}
+    return "variant" in raw or raw.get("model_type") in _MODEL_TYPE_TO_VARIANT
+
+
 def _require(ok: bool, field: str, message: str) -> None:
     if not ok:
         raise ConfigError(f"config field `{field}`: {message}")

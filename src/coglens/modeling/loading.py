@@ -7,11 +7,12 @@ it, so peak memory stays close to one copy of the weights. ``.bin`` files are re
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,9 @@ from accelerate.utils import get_balanced_memory, offload_weight, save_offload_i
 from safetensors import safe_open
 from transformers import GenerationConfig
 
-from .configuration_cogvlm import CogvlmConfig, ConfigError, load_config
+from ..hub import pop_hub_kwargs, resolve_checkpoint
+from .attention import attention_function
+from .configuration_cogvlm import CogvlmConfig, ConfigError, declares_variant, load_config
 
 logger = logging.getLogger(__name__)
 
@@ -90,50 +93,88 @@ def checkpoint_keys(files: list[Path]) -> set[str]:
     return keys
 
 
-def resolve_dtype(dtype: Any, config: CogvlmConfig) -> torch.dtype:
+_SAFETENSORS_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64}
+
+
+def checkpoint_dtype(files: list[Path]) -> torch.dtype | None:
+    """The dtype of the first floating-point tensor, read from the safetensors header (no data is read)."""
+    for file in files:
+        if file.suffix != ".safetensors":
+            return None
+        with safe_open(str(file), framework="pt") as f:
+            for key in f.keys():  # noqa: SIM118 (safe_open is not a dict)
+                dtype = _SAFETENSORS_DTYPES.get(f.get_slice(key).get_dtype())
+                if dtype is not None:
+                    return dtype
+    return None
+
+
+def resolve_dtype(dtype: Any, config: CogvlmConfig, stored: torch.dtype | None = None) -> torch.dtype:
+    """``None``/``"auto"``: the config's ``torch_dtype``, else the checkpoint's (``stored``), else float32."""
     if dtype is None or dtype == "auto":
-        stored = getattr(config, "dtype", None)
-        return stored if isinstance(stored, torch.dtype) else torch.float32
+        declared = getattr(config, "dtype", None)
+        if isinstance(declared, torch.dtype):
+            return declared
+        return stored or torch.float32
     if isinstance(dtype, str):
         name = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}.get(dtype, dtype)
         resolved = getattr(torch, name, None)
         if not isinstance(resolved, torch.dtype) or not resolved.is_floating_point:
-            raise ValueError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
+            raise ValueError(f"unknown dtype {dtype!r}; use float32, bfloat16, float16 or 'auto'")
         return resolved
     return dtype
 
 
 def load_pretrained(
     cls: type,
-    path: str | os.PathLike,
+    path: str | os.PathLike | None = None,
     *args: Any,
-    config: CogvlmConfig | None = None,
+    config: CogvlmConfig | str | os.PathLike | None = None,
+    state_dict: dict[str, torch.Tensor] | None = None,
     torch_dtype: Any = None,
     dtype: Any = None,
     device_map: str | dict | torch.device | None = None,
     max_memory: dict | None = None,
     offload_folder: str | os.PathLike | None = None,
+    output_loading_info: bool = False,
+    attn_implementation: str | None = None,
     **kwargs: Any,
 ):
-    """Build ``cls`` from a checkpoint folder. Accepts the usual transformers keywords; remote-code ones
-    (``trust_remote_code``, ``low_cpu_mem_usage``...) are accepted and have no effect."""
-    folder = Path(path)
-    if not folder.is_dir():
-        raise CheckpointError(
-            f"{path} is not a local folder; coglens loads checkpoint folders as THUDM releases them "
-            "(download one first, e.g. `huggingface-cli download THUDM/cogvlm2-llama3-chat-19B --local-dir DIR`)"
-        )
+    """Build ``cls`` from a checkpoint folder, a hub id, or ``config=`` + ``state_dict=``.
+
+    Accepts transformers' keywords: hub ones (``revision``, ``cache_dir``, ``local_files_only``, ``token``),
+    ``dtype``/``torch_dtype`` (``"auto"``), ``device_map``, ``attn_implementation``, ``output_loading_info``
+    and config overrides (``output_hidden_states=True``...). Remote-code ones (``trust_remote_code``,
+    ``low_cpu_mem_usage``...) are accepted and have no effect. A ``CogvlmModel`` checkpoint loads into
+    ``CogvlmForCausalLM`` and back (``base_model_prefix``); missing weights are initialised and reported, as
+    transformers does, and unexpected ones are reported and skipped.
+    """
+    hub = pop_hub_kwargs(kwargs)
+    folder = resolve_checkpoint(path, **hub) if path is not None else None
+    if folder is None and (state_dict is None or not isinstance(config, CogvlmConfig)):
+        raise CheckpointError("pass a checkpoint folder or hub id, or both config=CogvlmConfig(...) and state_dict=")
     if not isinstance(config, CogvlmConfig):
-        config = load_config(folder)
-    files = checkpoint_files(folder)
-    keys = checkpoint_keys(files)
-    if config.use_vision_experts and not any("vision_expert_query_key_value" in k for k in keys):
+        config = load_config(config if config is not None else folder)
+    else:
+        config = copy.deepcopy(config)
+    for key in [k for k in kwargs if hasattr(config, k)]:  # config overrides, as transformers takes them
+        setattr(config, key, kwargs.pop(key))
+    if attn_implementation is not None:
+        attention_function(attn_implementation)  # refuse an unknown backend before loading anything
+        config._attn_implementation = attn_implementation
+
+    files = checkpoint_files(folder) if state_dict is None else []
+    keys = set(state_dict) if state_dict is not None else checkpoint_keys(files)
+    if folder is not None and not declares_variant(folder) and config.use_vision_experts and keys and not any(
+        "vision_expert_query_key_value" in k for k in keys
+    ):
         if config.variant == "cogvlm":
             raise ConfigError(f"{folder}: the weights have no vision experts, which CogVLM-1 needs")
-        config.use_vision_experts = False  # the video models drop the experts; the weights tell
+        config.use_vision_experts = False  # THUDM's video configs do not say so; their weights do
         config.variant = "cogvlm2_video"
-    target_dtype = resolve_dtype(torch_dtype if torch_dtype is not None else dtype, config)
+    target_dtype = resolve_dtype(torch_dtype if torch_dtype is not None else dtype, config, checkpoint_dtype(files))
     config.dtype = target_dtype
+    source = str(folder) if folder is not None else "the given state_dict"
 
     with init_empty_weights(include_buffers=False):
         model = cls(config)
@@ -143,31 +184,38 @@ def load_pretrained(
     offload_dir = _offload_dir(placement, offload_folder)
     offload_index: dict = {}
     expected = dict(model.named_parameters())
-    loaded: set[str] = set()
     buffers = dict(model.named_buffers())
-    for file in files:
-        for key, tensor in iter_tensors(file):
-            if key.endswith(_OPTIONAL_BUFFERS) and key in buffers:
-                _check_shape(file, key, tuple(tensor.shape), tuple(buffers[key].shape))
-                buffers[key].copy_(tensor.float())  # stored float32 table, used as is
-                continue
-            if key not in expected:
-                raise CheckpointError(
-                    f"{file.name}: key `{key}` {tuple(tensor.shape)} is not a parameter of a {config.variant} "
-                    f"model built from {folder / 'config.json'}; is the config from another checkpoint?"
-                )
-            _check_shape(file, key, tuple(tensor.shape), tuple(expected[key].shape))
-            device = _device_for(key, placement)
-            tensor = tensor.to(target_dtype)
-            if device == "disk":
-                offload_weight(tensor, key, offload_dir, index=offload_index)
-            else:
-                _set_parameter(model, key, tensor.to(device))
-            loaded.add(key)
+    rename = _prefix_mapper(set(expected), keys, model.base_model_prefix)
+    loaded: set[str] = set()
+    unexpected: list[str] = []
+    tensors = ((Path(source), k, t) for k, t in state_dict.items()) if state_dict is not None else (
+        (file, k, t) for file in files for k, t in iter_tensors(file)
+    )
+    for file, stored_key, tensor in tensors:
+        key = rename(stored_key)
+        if key.endswith(_OPTIONAL_BUFFERS) and key in buffers:
+            _check_shape(file, key, tuple(tensor.shape), tuple(buffers[key].shape))
+            buffers[key].copy_(tensor.float())  # stored float32 table, used as is
+            continue
+        if key not in expected:
+            unexpected.append(stored_key)
+            continue
+        _check_shape(file, key, tuple(tensor.shape), tuple(expected[key].shape))
+        device = _device_for(key, placement)
+        tensor = tensor.to(target_dtype)
+        if device == "disk":
+            offload_weight(tensor, key, offload_dir, index=offload_index)
+        else:
+            _set_parameter(model, key, tensor.to(device))
+        loaded.add(key)
     missing = sorted(set(expected) - loaded)
     if missing:
-        shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
-        raise CheckpointError(f"{folder}: the checkpoint lacks {len(missing)} weight(s) the model needs: {shown}")
+        _initialise_missing(model, missing, placement, target_dtype)
+        logger.warning("Some weights of %s were not in %s and are newly initialised: %s", cls.__name__, source,
+                       _shown(missing))
+    if unexpected:
+        logger.warning("Some weights of %s were not used (no such parameter in %s): %s", source, cls.__name__,
+                       _shown(unexpected))
 
     devices = set(placement.values())
     if len(devices) > 1 or "disk" in devices:
@@ -179,10 +227,46 @@ def load_pretrained(
         only = next(iter(devices))
         for name, buf in buffers.items():  # buffers were built on CPU; follow the weights
             _set_buffer(model, name, buf.to(only))
-    if (folder / "generation_config.json").is_file():
+    if folder is not None and (folder / "generation_config.json").is_file():
         model.generation_config = GenerationConfig.from_pretrained(folder)
-    model.name_or_path = str(folder)
+    model.name_or_path = source
+    model.config._name_or_path = source
+    if output_loading_info:
+        return model, {"missing_keys": missing, "unexpected_keys": unexpected, "mismatched_keys": [],
+                       "error_msgs": []}
     return model
+
+
+def _prefix_mapper(expected: set[str], keys: set[str], prefix: str) -> Callable[[str], str]:
+    """Map checkpoint keys onto the model's: a base-model checkpoint into a head model and back."""
+    head = prefix + "."
+    model_has = any(k.startswith(head) for k in expected)
+    checkpoint_has = any(k.startswith(head) for k in keys)
+    if model_has == checkpoint_has:
+        return lambda key: key
+    if checkpoint_has:  # e.g. CogvlmForCausalLM weights into CogvlmModel: drop "model.", lm_head is unexpected
+        return lambda key: key[len(head):] if key.startswith(head) else key
+    return lambda key: key if key in expected else head + key
+
+
+def _initialise_missing(model: Any, missing: list[str], placement: dict[str, Any], dtype: torch.dtype) -> None:
+    """Materialise weights the checkpoint lacks and let the model's ``_init_weights`` draw them."""
+    for param in model.parameters():
+        if not param.is_meta:
+            param._is_hf_initialized = True  # transformers' init functions leave loaded tensors alone
+    owners = {}
+    for key in missing:
+        device = _device_for(key, placement)
+        shape = model.get_parameter(key).shape
+        _set_parameter(model, key, torch.empty(shape, dtype=dtype, device="cpu" if device == "disk" else device))
+        owners[key.rpartition(".")[0]] = None
+    with torch.no_grad():
+        for name in owners:
+            model._init_weights(model.get_submodule(name))
+
+
+def _shown(keys: list[str]) -> str:
+    return ", ".join(keys[:8]) + (f" and {len(keys) - 8} more" if len(keys) > 8 else "")
 
 
 def _check_shape(file: Path, key: str, found: tuple, wanted: tuple) -> None:

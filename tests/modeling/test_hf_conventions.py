@@ -1,0 +1,196 @@
+"""The model behaves as a transformers user expects (transformers' Llama and LLaVA are the reference):
+pixel_values, get_image_features, output_attentions / output_hidden_states / return_dict, eager vs SDPA with
+images, loading info, state_dict=, base-model prefix both ways, meta device + to_empty, dtype="auto", hub ids.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from coglens import CogvlmForCausalLM, CogvlmModel
+from coglens.hub import HubError
+
+TOL = {"atol": 1e-4, "rtol": 1e-4}
+
+
+@pytest.fixture(scope="module")
+def cogvlm2(fixtures_dir):
+    folder = fixtures_dir / "cogvlm2-tiny"
+    return folder, CogvlmForCausalLM.from_pretrained(folder), load_file(
+        fixtures_dir / "cogvlm2-tiny-goldens/goldens.safetensors"
+    )
+
+
+def _batch(g):
+    return {"input_ids": g["batch_left_pad/input_ids"], "token_type_ids": g["batch_left_pad/token_type_ids"],
+            "attention_mask": g["batch_left_pad/attention_mask"]}
+
+
+@torch.no_grad()
+def test_pixel_values_is_the_batched_image_input(cogvlm2):
+    _, model, g = cogvlm2
+    pixels = g["batch_left_pad/images"]
+    out = model(**_batch(g), pixel_values=pixels)
+    mask = g["batch_left_pad/attention_mask"].bool()
+    torch.testing.assert_close(out.logits[mask], g["batch_left_pad/logits"][mask], **TOL)
+    with pytest.raises(ValueError, match="not both"):
+        model(**_batch(g), pixel_values=pixels, images=[[p] for p in pixels])
+
+
+@torch.no_grad()
+def test_get_image_features_and_image_hidden_states(cogvlm2):
+    _, model, g = cogvlm2
+    pixels = g["batch_left_pad/images"]
+    features = model.get_image_features(pixels)
+    assert features.shape == (2, model.config.num_image_tokens, model.config.hidden_size)
+    out = model(**_batch(g), pixel_values=pixels)
+    torch.testing.assert_close(out.image_hidden_states, features.flatten(0, 1))
+    # the image features are exactly what sits at the vision-typed positions of layer 0's input
+    hidden = model(**_batch(g), pixel_values=pixels, output_hidden_states=True).hidden_states[0]
+    vision = g["batch_left_pad/token_type_ids"] == 1
+    torch.testing.assert_close(hidden[vision], features.flatten(0, 1))
+
+
+@torch.no_grad()
+def test_hidden_states_attentions_and_tuples(cogvlm2):
+    _, model, g = cogvlm2
+    n_layers = model.config.num_hidden_layers
+    out = model(**_batch(g), pixel_values=g["batch_left_pad/images"], output_hidden_states=True,
+                output_attentions=True)
+    assert len(out.hidden_states) == n_layers + 1 and len(out.attentions) == n_layers
+    b, length = g["batch_left_pad/input_ids"].shape
+    assert out.attentions[0].shape == (b, model.config.num_attention_heads, length, length)
+    rows = out.attentions[0].sum(-1)
+    torch.testing.assert_close(rows, torch.ones_like(rows))  # softmax rows
+    real_queries = g["batch_left_pad/attention_mask"].bool()  # pad query rows are don't-care, as in the original
+    assert out.attentions[0].triu(1).transpose(1, 2)[real_queries].abs().max() == 0  # causal
+    tup = model(**_batch(g), pixel_values=g["batch_left_pad/images"], return_dict=False)
+    assert isinstance(tup, tuple)
+    torch.testing.assert_close(tup[0], out.logits)
+    model.config.output_hidden_states = True  # the config default, as in transformers
+    try:
+        assert len(model(**_batch(g), pixel_values=g["batch_left_pad/images"]).hidden_states) == n_layers + 1
+    finally:
+        model.config.output_hidden_states = False
+
+
+@pytest.mark.parametrize("name", ["cogvlm", "cogvlm2", "cogvlm2-video"])
+@torch.no_grad()
+def test_eager_is_the_reference_sdpa_is_tested_against_with_images(fixtures_dir, name):
+    folder = fixtures_dir / f"{name}-tiny"
+    eager = CogvlmForCausalLM.from_pretrained(folder, attn_implementation="eager")
+    sdpa = CogvlmForCausalLM.from_pretrained(folder, attn_implementation="sdpa")
+    assert eager.config._attn_implementation == "eager"
+    assert eager.config.vision_config._attn_implementation == "eager"
+    assert sdpa.config.vision_config._attn_implementation == "sdpa"
+    # the vision tower reads the sub-config: watch its attention run the eager path
+    calls = []
+    import coglens.modeling.attention as attention
+
+    real = attention.eager_attention
+    attention.ATTENTION_FUNCTIONS["eager"] = lambda *a, **k: calls.append(a[0].shape) or real(*a, **k)
+    try:
+        size = eager.config.vision_config.image_size
+        pixels = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+        n = eager.config.num_image_tokens
+        ids = torch.tensor([[1] + [0] * n + [5, 6, 7]] * 2)
+        types = torch.tensor([[0] + [1] * n + [0, 0, 0]] * 2)
+        mask = torch.ones_like(ids)
+        mask[1, :1] = 0
+        ref = eager(input_ids=ids, token_type_ids=types, attention_mask=mask, pixel_values=pixels)
+    finally:
+        attention.ATTENTION_FUNCTIONS["eager"] = real
+    assert len(calls) == eager.config.vision_config.num_hidden_layers + eager.config.num_hidden_layers
+    fast = sdpa(input_ids=ids, token_type_ids=types, attention_mask=mask, pixel_values=pixels)
+    torch.testing.assert_close(fast.logits, ref.logits, **TOL)
+    with pytest.raises(ValueError, match="attn_implementation"):
+        CogvlmForCausalLM.from_pretrained(folder, attn_implementation="flash_attention_9")
+
+
+def test_state_dict_and_config_without_a_folder(cogvlm2):
+    folder, model, g = cogvlm2
+    again, info = CogvlmForCausalLM.from_pretrained(None, config=model.config, state_dict=model.state_dict(),
+                                                    output_loading_info=True)
+    assert info == {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": [], "error_msgs": []}
+    with torch.no_grad():
+        torch.testing.assert_close(again(**_batch(g), pixel_values=g["batch_left_pad/images"]).logits,
+                                   model(**_batch(g), pixel_values=g["batch_left_pad/images"]).logits)
+
+
+def test_base_model_checkpoint_loads_into_the_head_model_and_back(cogvlm2, tmp_path):
+    folder, model, g = cogvlm2
+    base, info = CogvlmModel.from_pretrained(folder, output_loading_info=True)
+    assert info["unexpected_keys"] == ["lm_head.weight"] and info["missing_keys"] == []
+    assert torch.equal(base.embed_tokens.weight, model.model.embed_tokens.weight)
+    base.save_pretrained(tmp_path / "base")
+    head, info = CogvlmForCausalLM.from_pretrained(tmp_path / "base", output_loading_info=True)
+    assert info["missing_keys"] == ["lm_head.weight"] and info["unexpected_keys"] == []
+    assert torch.equal(head.model.layers[1].mlp.vision_mlp.up_proj.weight,
+                       model.model.layers[1].mlp.vision_mlp.up_proj.weight)
+
+
+def test_meta_device_model_can_be_to_empty_and_initialised(cogvlm2):
+    _, model, _ = cogvlm2
+    with torch.device("meta"):
+        meta = CogvlmForCausalLM(model.config)
+    assert meta.lm_head.weight.is_meta
+    meta.to_empty(device="cpu")
+    meta.init_weights()
+    rotary = meta.model.layers[0].self_attn.rotary_emb
+    torch.testing.assert_close(rotary.inv_freq, rotary.compute_inv_freq())
+    assert torch.isfinite(meta.lm_head.weight).all()
+
+
+def test_dtype_auto_takes_the_checkpoints_dtype(cogvlm2, tmp_path):
+    folder, _, _ = cogvlm2
+    CogvlmForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    config = json.loads((tmp_path / "bf16/config.json").read_text())
+    assert config.get("dtype", config.get("torch_dtype")) == "bfloat16"
+    assert CogvlmForCausalLM.from_pretrained(tmp_path / "bf16", dtype="auto").dtype == torch.bfloat16
+    assert CogvlmForCausalLM.from_pretrained(tmp_path / "bf16", torch_dtype="auto").dtype == torch.bfloat16
+    # a config that does not say: the weights tell
+    config.pop("dtype", None), config.pop("torch_dtype", None)
+    (tmp_path / "bf16/config.json").write_text(json.dumps(config))
+    assert CogvlmForCausalLM.from_pretrained(tmp_path / "bf16", dtype="auto").dtype == torch.bfloat16
+    assert CogvlmForCausalLM.from_pretrained(folder, dtype="auto").dtype == torch.float32
+
+
+def hf_cache_layout(root, repo_id, source, revision="main", commit="0123456789abcdef0123456789abcdef01234567"):
+    """A Hugging Face hub cache as huggingface_hub lays it out: blobs, refs/<revision>, snapshots/<commit>."""
+    repo = root / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / revision).write_text(commit)
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (repo / "blobs").mkdir()
+    for file in source.iterdir():
+        blob = repo / "blobs" / f"{abs(hash(file.name)):x}"
+        shutil.copy(file, blob)
+        (snapshot / file.name).symlink_to(blob)
+    return snapshot
+
+
+def test_hub_ids_resolve_offline_from_the_hf_cache(cogvlm2, tmp_path, monkeypatch):
+    folder, model, g = cogvlm2
+    cache = tmp_path / "hub"
+    hf_cache_layout(cache, "THUDM/cogvlm2-llama3-chat-19B", folder)
+    loaded = CogvlmForCausalLM.from_pretrained("THUDM/cogvlm2-llama3-chat-19B", cache_dir=cache,
+                                               local_files_only=True)
+    assert torch.equal(loaded.lm_head.weight, model.lm_head.weight)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    loaded = CogvlmForCausalLM.from_pretrained("THUDM/cogvlm2-llama3-chat-19B", revision="main")
+    assert torch.equal(loaded.lm_head.weight, model.lm_head.weight)
+    with pytest.raises(HubError, match="THUDM/not-cached.*HF_HUB_OFFLINE=1"):
+        CogvlmForCausalLM.from_pretrained("THUDM/not-cached")
+    with pytest.raises(HubError, match="revision 'v9'"):
+        CogvlmForCausalLM.from_pretrained("THUDM/cogvlm2-llama3-chat-19B", revision="v9")
