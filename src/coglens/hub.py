@@ -71,10 +71,11 @@ def resolve_checkpoint(
             folder = Path(snapshot_download(name, allow_patterns=_LEGACY_WEIGHTS, **common))
     except LocalEntryNotFoundError as exc:
         where = f" in {cache_dir}" if cache_dir else " in the Hugging Face cache"
+        why = "local_files_only=True" if local_files_only else "HF_HUB_OFFLINE=1" if offline else "no network"
         raise HubError(
-            f"{name!r}{f' at revision {revision!r}' if revision else ''} is not{where} and downloads are off "
-            f"({'local_files_only=True' if local_files_only else 'HF_HUB_OFFLINE=1' if offline else 'no network'})"
-            f"; download it once online (`hf download {name}`) or pass a local folder"
+            f"{name!r} is not a local folder, and as a hub id{f' at revision {revision!r}' if revision else ''} "
+            f"it is not{where} and cannot be downloaded ({why}); download it once online (`hf download {name}`) "
+            "or pass a checkpoint folder"
         ) from exc
     except GatedRepoError as exc:
         raise HubError(f"{name!r} is gated: accept its license on the hub and log in (`hf auth login`)") from exc

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from .engine import Engine, GenerationRequest, GenerationResult, SamplingParams, TokenEvent
+from .hub import resolve_checkpoint
 from .modeling import CogvlmForCausalLM
 
 logger = logging.getLogger(__name__)
@@ -39,6 +40,8 @@ def pick_device(device: str | None) -> torch.device:
 
 
 def resolve_model_path(model: str | Path | None, variant: str = DEFAULT_TINY_VARIANT) -> Path:
+    """``None``/``tiny:VARIANT``: a built-in tiny checkpoint; a folder; or a hub id resolved through the HF cache
+    (downloaded when online; ``HF_HUB_OFFLINE=1`` uses the cache only)."""
     if model is None:
         from .tiny import tiny_model_path
 
@@ -47,7 +50,7 @@ def resolve_model_path(model: str | Path | None, variant: str = DEFAULT_TINY_VAR
         from .tiny import tiny_model_path
 
         return tiny_model_path(str(model).removeprefix("tiny:"))
-    return Path(model).expanduser()
+    return resolve_checkpoint(model)
 
 
 @dataclass

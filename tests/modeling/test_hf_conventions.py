@@ -6,10 +6,10 @@ images, loading info, state_dict=, base-model prefix both ways, meta device + to
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import torch
+from hf_cache import hf_cache_layout
 from safetensors.torch import load_file
 
 from coglens import CogvlmForCausalLM, CogvlmModel
@@ -158,21 +158,6 @@ def test_dtype_auto_takes_the_checkpoints_dtype(cogvlm2, tmp_path):
     (tmp_path / "bf16/config.json").write_text(json.dumps(config))
     assert CogvlmForCausalLM.from_pretrained(tmp_path / "bf16", dtype="auto").dtype == torch.bfloat16
     assert CogvlmForCausalLM.from_pretrained(folder, dtype="auto").dtype == torch.float32
-
-
-def hf_cache_layout(root, repo_id, source, revision="main", commit="0123456789abcdef0123456789abcdef01234567"):
-    """A Hugging Face hub cache as huggingface_hub lays it out: blobs, refs/<revision>, snapshots/<commit>."""
-    repo = root / f"models--{repo_id.replace('/', '--')}"
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / revision).write_text(commit)
-    snapshot = repo / "snapshots" / commit
-    snapshot.mkdir(parents=True)
-    (repo / "blobs").mkdir()
-    for file in source.iterdir():
-        blob = repo / "blobs" / f"{abs(hash(file.name)):x}"
-        shutil.copy(file, blob)
-        (snapshot / file.name).symlink_to(blob)
-    return snapshot
 
 
 def test_hub_ids_resolve_offline_from_the_hf_cache(cogvlm2, tmp_path, monkeypatch):
