@@ -12,8 +12,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-_CHECKPOINT_FILES = ["*.json", "*.safetensors", "tokenizer.model", "*.tiktoken", "*.txt"]
-_LEGACY_WEIGHTS = ["*.json", "pytorch_model*.bin", "tokenizer.model", "*.tiktoken", "*.txt"]
+_SMALL_FILES = ["*.json", "tokenizer.model", "*.tiktoken", "*.txt"]  # configs and tokenizer files
+_WEIGHTS = ["*.safetensors"]
+_LEGACY_WEIGHTS = ["pytorch_model*.bin"]
 HUB_KWARGS = ("revision", "cache_dir", "local_files_only", "token", "force_download")
 
 
@@ -45,8 +46,12 @@ def resolve_checkpoint(
     local_files_only: bool = False,
     token: str | bool | None = None,
     force_download: bool = False,
+    weights: bool = True,
 ) -> Path:
-    """A local folder for ``name_or_path``: the folder itself, or the hub repo's snapshot in the HF cache."""
+    """A local folder for ``name_or_path``: the folder itself, or the hub repo's snapshot in the HF cache.
+
+    ``weights=False`` fetches configs and tokenizer files only (what a processor or tokenizer needs).
+    """
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path
@@ -66,9 +71,9 @@ def resolve_checkpoint(
     common = {"revision": revision, "cache_dir": cache_dir, "local_files_only": offline, "token": token,
               "force_download": force_download, "library_name": "coglens"}
     try:
-        folder = Path(snapshot_download(name, allow_patterns=_CHECKPOINT_FILES, **common))
-        if not any(folder.glob("*.safetensors")) and not any(folder.glob("pytorch_model*.bin")):
-            folder = Path(snapshot_download(name, allow_patterns=_LEGACY_WEIGHTS, **common))
+        folder = Path(snapshot_download(name, allow_patterns=_SMALL_FILES + (_WEIGHTS if weights else []), **common))
+        if weights and not any(folder.glob("*.safetensors")) and not any(folder.glob("pytorch_model*.bin")):
+            folder = Path(snapshot_download(name, allow_patterns=_SMALL_FILES + _LEGACY_WEIGHTS, **common))
     except LocalEntryNotFoundError as exc:
         where = f" in {cache_dir}" if cache_dir else " in the Hugging Face cache"
         why = "local_files_only=True" if local_files_only else "HF_HUB_OFFLINE=1" if offline else "no network"

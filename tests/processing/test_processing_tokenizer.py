@@ -48,9 +48,15 @@ def test_tokenizer_path_without_tokenizer_files(tmp_path, fixtures_dir, tiny_con
         load_tokenizer(fixtures_dir / "cogvlm-tiny", tmp_path, config=tiny_config("cogvlm"))
 
 
-def test_uncached_hub_id_is_not_downloaded(fixtures_dir, tiny_config):
-    with pytest.raises(TokenizerNotFoundError, match="never downloads"):
-        load_tokenizer(fixtures_dir / "cogvlm-tiny", "coglens-tests/no-such-tokenizer", config=tiny_config("cogvlm"))
+def test_uncached_hub_id_with_downloads_off_names_the_repo(fixtures_dir, tiny_config, tmp_path, monkeypatch):
+    message = "cannot load a tokenizer from 'coglens-tests/no-such-tokenizer': .*hf download"
+    with pytest.raises(TokenizerNotFoundError, match=message):
+        load_tokenizer(fixtures_dir / "cogvlm-tiny", "coglens-tests/no-such-tokenizer", config=tiny_config("cogvlm"),
+                       cache_dir=tmp_path, local_files_only=True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(TokenizerNotFoundError, match=message):
+        load_tokenizer(fixtures_dir / "cogvlm-tiny", "coglens-tests/no-such-tokenizer", config=tiny_config("cogvlm"),
+                       cache_dir=tmp_path)
 
 
 def test_more_tokens_than_embeddings_is_refused(cogvlm2_folder, tiny_config):

@@ -28,7 +28,10 @@ __all__ = [
 
 def register_auto_classes() -> None:
     """Make transformers' Auto classes resolve our model types without trust_remote_code."""
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForCausalLM, AutoProcessor
+
+    from coglens.processing.image_processor import CogvlmImageProcessor
+    from coglens.processing.processor import CogvlmProcessor
 
     for config_cls, lm_cls in (
         (CogvlmConfig, CogvlmForCausalLM),
@@ -37,4 +40,10 @@ def register_auto_classes() -> None:
     ):
         AutoConfig.register(config_cls.model_type, config_cls, exist_ok=True)
         AutoModelForCausalLM.register(config_cls, lm_cls, exist_ok=True)
+        # one class serves both backends: it does its own (PIL) resize, bit-exact with the original pipeline
+        AutoImageProcessor.register(
+            config_cls, image_processor_classes={"pil": CogvlmImageProcessor, "torchvision": CogvlmImageProcessor},
+            exist_ok=True,
+        )
+        AutoProcessor.register(config_cls, CogvlmProcessor, exist_ok=True)
     AutoModel.register(CogvlmConfig, CogvlmModel, exist_ok=True)

@@ -10,11 +10,12 @@ from .errors import (
     TokenizerError,
 )
 from .image import load_image, preprocess_image, to_rgb
-from .processor import CogvlmProcessor
+from .image_processor import CogvlmImageProcessor
+from .processor import CogvlmProcessor, ProcessorLayout
 from .tokenizer import load_tokenizer
 
 __all__ = [
-    "CogvlmProcessor", "ContextLengthError", "ConversationError", "ImageInputError", "ProcessingError",
-    "TemplateError", "TokenizerError", "build_conversation_input_ids", "check_context", "count_positions",
-    "load_image", "load_tokenizer", "preprocess_image", "to_rgb",
+    "CogvlmImageProcessor", "CogvlmProcessor", "ContextLengthError", "ConversationError", "ImageInputError",
+    "ProcessingError", "ProcessorLayout", "TemplateError", "TokenizerError", "build_conversation_input_ids",
+    "check_context", "count_positions", "load_image", "load_tokenizer", "preprocess_image", "to_rgb",
 ]

@@ -57,7 +57,10 @@ def build_conversation_input_ids(
 ) -> dict[str, Any]:
     """Build one sequence exactly as THUDM's ``model.build_conversation_input_ids`` does.
 
-    ``tokenizer`` needs ``bos_token_id`` and ``encode(text, add_special_tokens=False)``. ``history`` is a list
+    ``tokenizer`` needs ``bos_token_id`` and ``encode(text, add_special_tokens=False)``. ``config`` is the
+    checkpoint's ``CogvlmConfig`` or any object with the same ``variant``, ``template_version``,
+    ``num_image_tokens``, ``image_token_id``, ``bos_token_id``, ``vision_config.image_size`` and
+    ``max_position_embeddings`` (``None``: no context check), such as ``CogvlmProcessor.layout``. ``history`` is a list
     of ``(query, answer)`` (or, with the extension, ``(query, answer, image)``) turns. ``images``: at most one
     image (PIL image, path, encoded bytes or a preprocessed (3, S, S) tensor); for CogVLM2-Video one clip.
 
@@ -74,7 +77,8 @@ def build_conversation_input_ids(
     else:
         ids, types, pixels = _image_layout(tokenizer, config, template, query, past, current,
                                            allow_multiple_images)
-    check_context(types, max_positions=config.max_position_embeddings)
+    if config.max_position_embeddings is not None:  # None: a processor built without the model's limit
+        check_context(types, max_positions=config.max_position_embeddings)
     return {
         "input_ids": torch.tensor(ids, dtype=torch.long),
         "token_type_ids": torch.tensor(types, dtype=torch.long),

@@ -88,15 +88,26 @@ def to_rgb(image: Image.Image, *, background: RGBColor | None = None) -> Image.I
     return _convert(image, "RGB")
 
 
-def preprocess_image(image: Image.Image, image_size: int) -> torch.Tensor:
-    """Resize to (S, S) bicubic (aspect ratio ignored), scale to [0, 1], CLIP-normalise: float32 (3, S, S)."""
+def preprocess_image(
+    image: Image.Image,
+    image_size: int,
+    *,
+    mean: tuple[float, float, float] = CLIP_MEAN,
+    std: tuple[float, float, float] = CLIP_STD,
+    resample: Image.Resampling | int = Image.Resampling.BICUBIC,
+) -> torch.Tensor:
+    """Resize to (S, S) bicubic (aspect ratio ignored), scale to [0, 1], CLIP-normalise: float32 (3, S, S).
+
+    ``mean``, ``std`` and ``resample`` default to the original pipeline's; other values are for checkpoints
+    trained with other constants (the float32 arithmetic stays the same).
+    """
     rgb = image if image.mode == "RGB" else to_rgb(image)
-    resized = rgb.resize((image_size, image_size), Image.Resampling.BICUBIC)
+    resized = rgb.resize((image_size, image_size), Image.Resampling(resample))
     pixels = torch.from_numpy(np.array(resized, dtype=np.uint8))  # (S, S, 3)
     scaled = pixels.permute(2, 0, 1).contiguous().to(torch.float32).div(255)
-    mean = torch.tensor(CLIP_MEAN, dtype=torch.float32).view(3, 1, 1)
-    std = torch.tensor(CLIP_STD, dtype=torch.float32).view(3, 1, 1)
-    return (scaled - mean) / std
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+    return (scaled - mean_t) / std_t
 
 
 def _open_source(src: str | Path | bytes) -> tuple[str, io.BytesIO | Path]:

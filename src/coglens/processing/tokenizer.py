@@ -1,17 +1,23 @@
-"""Load the tokenizer that goes with a CogVLM checkpoint, from local files only.
+"""Load the tokenizer that goes with a CogVLM checkpoint, from a local folder or a hub id.
 
 CogVLM2 and CogVLM2-Video ship Llama-3's tokenizer in the checkpoint folder. CogVLM-1 ships none: it uses
 Vicuna-7B-v1.5's SentencePiece tokenizer (the model card loads ``lmsys/vicuna-7b-v1.5``), loaded here with
-``legacy=True`` as VLM-Lens and the original setup do, from a folder the user points at.
+``legacy=True`` as VLM-Lens and the original setup do, from a folder or hub id the user points at.
+
+Hub ids (``THUDM/cogvlm2-llama3-chat-19B``, ``lmsys/vicuna-7b-v1.5``) go through
+:func:`coglens.hub.resolve_checkpoint`: taken from the Hugging Face cache, downloaded only when downloads are on
+(not with ``local_files_only=True`` or ``HF_HUB_OFFLINE=1``).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from coglens.hub import HubError, resolve_checkpoint
 from coglens.processing.errors import TokenizerNotFoundError, VocabularyMismatchError
 
 if TYPE_CHECKING:
@@ -23,42 +29,65 @@ _VICUNA_HINT = "a local copy of lmsys/vicuna-7b-v1.5 (CogVLM-1 uses its tokenize
 
 
 def load_tokenizer(
-    model_path: str | Path, tokenizer_path: str | Path | None = None, *, config: CogvlmConfig
+    model_path: str | os.PathLike,
+    tokenizer_path: str | os.PathLike | None = None,
+    *,
+    config: CogvlmConfig | None = None,
+    variant: str | None = None,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool = False,
+    token: str | bool | None = None,
 ) -> PreTrainedTokenizerBase:
-    """The tokenizer from ``tokenizer_path`` if given, else from the checkpoint folder ``model_path``.
+    """The tokenizer from ``tokenizer_path`` if given, else from the checkpoint ``model_path``.
 
-    Never downloads (``local_files_only=True``): a hub id works only if it is already in the local cache.
-    Raises :class:`TokenizerNotFoundError` when there is no tokenizer where we look, and
-    :class:`VocabularyMismatchError` when the tokenizer has more ids than the model's embedding table.
+    Both may be local folders or hub ids (``revision`` applies to ``model_path`` only; ``cache_dir``,
+    ``local_files_only`` and ``token`` to both). ``config`` (the checkpoint's) gives the variant and the
+    vocabulary check; without it pass ``variant=`` and nothing is checked. Raises
+    :class:`TokenizerNotFoundError` when there is no tokenizer where we look (the message names the folder or
+    repo), and :class:`VocabularyMismatchError` when the tokenizer has more ids than the model's embedding table.
     """
-    hint = _VICUNA_HINT if config.variant == "cogvlm" else "the checkpoint's tokenizer files"
+    if config is None and variant is None:
+        raise TypeError("load_tokenizer needs config= (the checkpoint's CogvlmConfig) or variant=")
+    variant = config.variant if config is not None else variant
+    hint = _VICUNA_HINT if variant == "cogvlm" else "the checkpoint's tokenizer files"
+    hub = {"cache_dir": cache_dir, "local_files_only": local_files_only, "token": token}
     if tokenizer_path is None:
-        source = Path(model_path)
+        source = _resolve(model_path, {**hub, "revision": revision})
         if not _has_tokenizer_files(source):
             raise TokenizerNotFoundError(
                 f"no tokenizer files ({', '.join(_TOKENIZER_FILES)}) in {str(model_path)!r}; pass "
                 f"tokenizer_path= pointing at {hint}"
             )
     else:
-        source = Path(tokenizer_path)
-        if source.exists() and not _has_tokenizer_files(source):
+        source = _resolve(tokenizer_path, hub)
+        if not _has_tokenizer_files(source):
             raise TokenizerNotFoundError(
                 f"tokenizer_path {str(tokenizer_path)!r} holds no tokenizer files "
                 f"({', '.join(_TOKENIZER_FILES)}); point it at {hint}"
             )
     # Passing our config keeps AutoTokenizer from reading THUDM's config.json, whose auto_map would make
     # transformers ask about trust_remote_code.
-    extra = {"legacy": True} if config.variant == "cogvlm" else {}
+    extra = {"legacy": True} if variant == "cogvlm" else {}
+    if config is not None:
+        extra["config"] = config
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(source), config=config, local_files_only=True, **extra)
-    except (OSError, ValueError) as exc:  # transformers reports a missing folder / uncached hub id as either
+        tokenizer = AutoTokenizer.from_pretrained(str(source), local_files_only=True, **extra)
+    except (OSError, ValueError) as exc:
         raise TokenizerNotFoundError(
-            f"cannot load a tokenizer from {str(source)!r}: it is neither a local folder with tokenizer "
-            f"files nor a hub id in the local cache (coglens never downloads); pass tokenizer_path= {hint}. "
-            f"transformers said: {exc}"
+            f"cannot load a tokenizer from {str(source)!r}; pass tokenizer_path= {hint}. transformers said: {exc}"
         ) from exc
-    check_vocabulary(tokenizer, config)
+    if config is not None:
+        check_vocabulary(tokenizer, config)
     return tokenizer
+
+
+def _resolve(name_or_path: str | os.PathLike, hub: dict) -> Path:
+    """A local folder for a folder or hub id; a hub id not in the cache (with downloads off) names the repo."""
+    try:
+        return resolve_checkpoint(name_or_path, weights=False, **hub)
+    except HubError as exc:
+        raise TokenizerNotFoundError(f"cannot load a tokenizer from {str(name_or_path)!r}: {exc}") from exc
 
 
 def check_vocabulary(tokenizer: PreTrainedTokenizerBase, config: CogvlmConfig) -> None:
