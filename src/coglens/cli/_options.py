@@ -1,11 +1,32 @@
-"""Options shared by several commands, defined once."""
+"""Options shared by several commands, defined once, and the checks that need no model.
+
+This module is imported to build the ``coglens`` command, so ``coglens --help`` loads it: it must stay light
+(typer, click, the standard library; never torch, transformers or the coglens packages that import them).
+The checks below run first thing in a command, so a bad option fails in milliseconds, not after the model loads.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal, get_args
 
 import typer
+
+# The names the heavy modules define, repeated here so that the options need not import them
+# (tests/cli/test_startup.py checks that they agree).
+Template = Literal["chat", "vqa", "base"]  # coglens.processing.template.TEMPLATE_VERSIONS
+VideoStrategy = Literal["chat", "base"]  # coglens.processing.video.sampling.SamplingStrategy
+TEMPLATES: tuple[str, ...] = get_args(Template)
+# What coglens.modeling.loading.resolve_dtype takes; other float8_*/float4_* names are left to it.
+DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16", "half", "float", "float64", "double")
+
+
+def _check_top_p(value: float) -> float:
+    if not 0 < value <= 1:
+        raise typer.BadParameter(f"{value} is not in (0, 1]")
+    return value
+
 
 ModelOpt = Annotated[
     str | None,
@@ -16,7 +37,7 @@ TokenizerOpt = Annotated[
     str | None, typer.Option("--tokenizer", help="Tokenizer folder, if the checkpoint ships none (CogVLM-1).")
 ]
 TemplateOpt = Annotated[
-    str | None, typer.Option("--template", help="Prompt template: chat | vqa | base (default: the checkpoint's).")
+    Template | None, typer.Option("--template", help="Prompt template (default: the checkpoint's).")
 ]
 DtypeOpt = Annotated[
     str | None, typer.Option("--dtype", help="float32 | bfloat16 | float16 (default: bf16 on CUDA, else fp32).")
@@ -26,19 +47,79 @@ DeviceOpt = Annotated[
 ]
 ImageOpt = Annotated[Path | None, typer.Option("--image", "-i", help="Image file to ask about.")]
 VideoOpt = Annotated[Path | None, typer.Option("--video", help="Video file to ask about (CogVLM2-Video).")]
-MaxNewTokensOpt = Annotated[int, typer.Option("--max-new-tokens", help="Most tokens to generate.")]
-TemperatureOpt = Annotated[float, typer.Option("--temperature", help="0 = greedy.")]
-TopPOpt = Annotated[float, typer.Option("--top-p")]
-TopKOpt = Annotated[int, typer.Option("--top-k", help="0 = off.")]
+MaxNewTokensOpt = Annotated[int, typer.Option("--max-new-tokens", min=1, help="Most tokens to generate.")]
+TemperatureOpt = Annotated[float, typer.Option("--temperature", min=0.0, help="0 = greedy.")]
+TopPOpt = Annotated[float, typer.Option("--top-p", callback=_check_top_p, help="Nucleus sampling, in (0, 1].")]
+TopKOpt = Annotated[int, typer.Option("--top-k", min=0, help="0 = off.")]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Seed for sampling (reproducible answers).")]
 BoxesOutOpt = Annotated[
     Path | None, typer.Option("--boxes-out", help="Save the image with the answer's grounding boxes drawn.")
 ]
 VideoStrategyOpt = Annotated[
-    str | None,
+    VideoStrategy | None,
     typer.Option("--video-strategy", help="chat: the frame nearest each second (first 24 s); base: 24 frames over "
                  "the first 60 s. Default: base for the base template, else chat."),
 ]
 NumFramesOpt = Annotated[
-    int, typer.Option("--num-frames", help="Frames to sample (each costs 66 tokens on the real model).")
+    int, typer.Option("--num-frames", min=1, help="Frames to sample (each costs 66 tokens on the real model).")
 ]
+
+
+# Checks that need no model. They raise ValueError, which ``coglens`` prints as one ``error: ...`` line (exit 1).
+
+
+def check_dtype(dtype: str | None) -> None:
+    if dtype is not None and dtype not in DTYPE_NAMES and not dtype.startswith(("float8_", "float4_")):
+        raise ValueError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
+
+
+def check_input_file(path: Path | None, option: str) -> None:
+    """``path`` (if given) is an existing file."""
+    if path is None:
+        return
+    if not path.exists():
+        raise ValueError(f"{option} {str(path)!r} does not exist")
+    if not path.is_file():
+        raise ValueError(f"{option} {str(path)!r} is a directory, not a file")
+
+
+def check_input_dir(path: str | Path | None, option: str) -> None:
+    """``path`` (if given) is an existing folder."""
+    if path is None:
+        return
+    if not Path(path).is_dir():
+        what = "is a file, not a folder" if Path(path).exists() else "does not exist"
+        raise ValueError(f"{option} {str(path)!r} {what}")
+
+
+def check_output_file(path: Path | None, option: str) -> None:
+    """``path`` (if given) can be written: not a folder, and its nearest existing folder is writable (the
+    commands create missing folders)."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise ValueError(f"{option} {str(path)!r} is a directory; give a file path")
+    check_output_dir(path.parent, option, of=path)
+
+
+def check_output_dir(folder: Path, option: str, *, of: Path | None = None) -> None:
+    """``folder`` exists and is writable, or can be created (its nearest existing ancestor is a writable folder)."""
+    shown = str(of if of is not None else folder)
+    existing = folder.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{option} {shown!r}: {str(existing)!r} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{option} {shown!r}: no permission to write in {str(existing)!r}")
+
+
+def check_image_suffix(path: Path | None, option: str) -> None:
+    """``path`` (if given) ends with an image format Pillow can write (Pillow is light next to the model)."""
+    if path is None:
+        return
+    from PIL import Image
+
+    extensions = Image.registered_extensions()
+    if extensions.get(path.suffix.lower()) not in Image.SAVE:
+        raise ValueError(f"{option} {str(path)!r}: give an image file name Pillow can write, e.g. boxes.png")

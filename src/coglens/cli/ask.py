@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -24,7 +24,14 @@ from ._options import (
     TopPOpt,
     VideoOpt,
     VideoStrategyOpt,
+    check_dtype,
+    check_image_suffix,
+    check_input_file,
+    check_output_file,
 )
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 
 def ask(
@@ -46,17 +53,28 @@ def ask(
     boxes_out: BoxesOutOpt = None,
 ) -> None:
     """Ask the model one question and stream its answer."""
-    from ..engine import SamplingParams
-    from ..pipeline import Pipeline
-    from .media import load_media
-
+    # Everything that can be checked without the model is, before torch and the model load (seconds).
+    if image is not None and video is not None:
+        raise ValueError("give --image or --video, not both")
     if boxes_out is not None and image is None:  # say so before the model runs, not after the answer
         raise ValueError("--boxes-out needs --image: boxes are drawn on the image they refer to")
-    pipe = Pipeline.load(model, tokenizer=tokenizer, dtype=dtype, device=device)
-    images = load_media(pipe, image=image, video=video, template=template, video_strategy=video_strategy,
-                        num_frames=num_frames)
+    check_input_file(image, "--image")
+    check_input_file(video, "--video")
+    check_output_file(boxes_out, "--boxes-out")
+    check_image_suffix(boxes_out, "--boxes-out")
+    check_dtype(dtype)
+
+    from ..engine import SamplingParams
+    from ..pipeline import Pipeline
+    from ..processing.image import load_image
+    from .media import load_media
+
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, do_sample=temperature > 0,
                             top_p=top_p, top_k=top_k, seed=seed)
+    picture = load_image(image) if image is not None else None  # an unreadable image fails before the model loads
+    pipe = Pipeline.load(model, tokenizer=tokenizer, dtype=dtype, device=device)
+    images = load_media(pipe, image=picture, video=video, template=template, video_strategy=video_strategy,
+                        num_frames=num_frames)
     answer = []
     for event in pipe.stream(question, images=images, template=template, params=params):
         sys.stdout.write(event.text)
@@ -64,10 +82,10 @@ def ask(
         answer.append(event.text)
     sys.stdout.write("\n")
     if boxes_out is not None:
-        save_boxes(image, "".join(answer), boxes_out)
+        save_boxes(picture, "".join(answer), boxes_out)
 
 
-def save_boxes(image: Path, answer: str, out: Path) -> None:
+def save_boxes(image: Path | Image.Image, answer: str, out: Path) -> None:
     from ..grounding import draw_boxes, parse_boxes
     from ..processing.image import load_image
 

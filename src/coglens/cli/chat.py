@@ -21,6 +21,10 @@ from ._options import (
     TopKOpt,
     TopPOpt,
     VideoOpt,
+    check_dtype,
+    check_image_suffix,
+    check_input_file,
+    check_output_file,
 )
 
 GroundingOpt = Annotated[
@@ -51,15 +55,22 @@ def chat(
     seed: SeedOpt = None,
 ) -> None:
     """Chat in the terminal: streamed answers, history, clear / stop, /image, /video, /save."""
+    # Everything that can be checked without the model is, before torch and the model load (seconds).
+    if image is not None and video is not None:
+        raise typer.BadParameter("give --image or --video, not both")
+    if grounding and template not in (None, "base"):
+        raise typer.BadParameter(f"--grounding uses the base template; drop --template {template}")
+    check_input_file(image, "--image")
+    check_input_file(video, "--video")
+    check_output_file(boxes_out, "--boxes-out")
+    check_image_suffix(boxes_out, "--boxes-out")
+    check_dtype(dtype)
+
     from ..chat.repl import ChatRepl
     from ..chat.session import ChatSession
     from ..engine import SamplingParams
     from ..pipeline import Pipeline
 
-    if image is not None and video is not None:
-        raise typer.BadParameter("give --image or --video, not both")
-    if grounding and template not in (None, "base"):
-        raise typer.BadParameter(f"--grounding uses the base template; drop --template {template}")
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, do_sample=temperature > 0,
                             top_p=top_p, top_k=top_k, seed=seed)
     _enable_line_editing()

@@ -7,13 +7,23 @@ from typing import Annotated
 
 import typer
 
-from ._options import DeviceOpt, DtypeOpt, MaxNewTokensOpt, ModelOpt, TemplateOpt, TokenizerOpt
+from ._options import (
+    DeviceOpt,
+    DtypeOpt,
+    MaxNewTokensOpt,
+    ModelOpt,
+    TemplateOpt,
+    TokenizerOpt,
+    check_dtype,
+    check_input_file,
+    check_output_file,
+)
 
 ExplainImageOpt = Annotated[Path, typer.Option("--image", "-i", help="Image file to ask about.")]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="PNG to write the heat map to.")]
 LayersOpt = Annotated[str, typer.Option("--layers", help="Decoder layers to average: all, or e.g. 0,1,-1.")]
 HeadsOpt = Annotated[str, typer.Option("--heads", help="Query heads to average: all, or e.g. 0,3.")]
-AlphaOpt = Annotated[float, typer.Option("--alpha", help="Heat map opacity over the image, 0-1.")]
+AlphaOpt = Annotated[float, typer.Option("--alpha", min=0.0, max=1.0, help="Heat map opacity over the image, 0-1.")]
 
 
 def explain(
@@ -31,14 +41,21 @@ def explain(
     max_new_tokens: MaxNewTokensOpt = 32,
 ) -> None:
     """Answer (greedy), then picture how much each image patch is attended to by the answer's tokens."""
+    # Everything that can be checked without the model is, before torch and the model load (seconds).
+    if out.suffix.lower() != ".png":
+        raise typer.BadParameter(f"--out {out} should be a .png file")
+    check_input_file(image, "--image")
+    check_output_file(out, "--out")
+    check_dtype(dtype)
+    _check_selection(layers, "--layers")
+    _check_selection(heads, "--heads")
+
     from ..chat.attention import image_attention, parse_selection
     from ..chat.heatmap import attention_overlay
     from ..engine import SamplingParams
     from ..pipeline import Pipeline
     from ..processing.image import load_image
 
-    if out.suffix.lower() != ".png":
-        raise typer.BadParameter(f"--out {out} should be a .png file")
     picture = load_image(image)
     pipe = Pipeline.load(model, tokenizer=tokenizer, dtype=dtype, device=device, max_batch_size=1)
     config = pipe.config
@@ -54,3 +71,17 @@ def explain(
     typer.echo(f"{result.image_share:.1%} of the answer's attention is on the image ({side}x{side} patches; "
                f"{len(result.layers)} layer(s), {len(result.heads)} head(s)); heat map saved to {out}",
                err=True)
+
+
+def _check_selection(spec: str, option: str) -> None:
+    """The form of --layers / --heads (``all`` or comma-separated numbers); the range needs the model's config."""
+    if spec.strip().lower() == "all":
+        return
+    parts = [part for part in spec.split(",") if part.strip()]
+    try:
+        for part in parts:
+            int(part)
+    except ValueError:
+        parts = []
+    if not parts:
+        raise typer.BadParameter(f"{spec!r}: give 'all' or comma-separated numbers, e.g. 0,1,-1", param_hint=option)

@@ -12,13 +12,15 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from coglens.cli.export import lens_errors_exit
 
+from ._options import check_input_dir, check_input_file, check_output_file
+
 ConfigOpt = Annotated[
     Path | None,
-    typer.Option("--config", "-c", help="Lens config (YAML; VLM-Lens configs are accepted as is)."),
+    typer.Option("--config", "-c", exists=True, dir_okay=False, readable=True,
+                 help="Lens config (YAML; VLM-Lens configs are accepted as is)."),
 ]
 ModelOpt = Annotated[
     str | None,
@@ -92,6 +94,14 @@ def extract(
     manifest: ManifestOpt = None,
 ) -> None:
     """Capture module activations over the config's inputs into a database (resumes an interrupted run)."""
+    # What can be checked before coglens.lens (torch) loads; load_lens_config checks the rest, before the model.
+    check_input_dir(input_dir, "--input-dir")
+    check_input_file(None if manifest is None else Path(manifest), "--manifest")
+    if output is not None and "://" not in output:
+        check_output_file(Path(output), "--output")
+
+    from rich.console import Console
+
     from coglens.lens.config import load_lens_config
     from coglens.lens.discovery import write_module_log
     from coglens.lens.progress import print_summary

@@ -8,6 +8,9 @@ import sys
 
 import typer
 
+# The command modules import only typer and light option definitions at module level; each command imports
+# torch, transformers, fastapi, gradio... inside its function, so `coglens --help` answers at once
+# (tests/cli/test_startup.py keeps it that way).
 from .ask import ask
 from .chat import chat
 from .explain import explain

@@ -9,14 +9,14 @@ from typing import Any
 def load_media(
     pipe: Any,
     *,
-    image: Path | None = None,
+    image: Path | Any = None,
     video: Path | None = None,
     template: str | None = None,
     video_strategy: str | None = None,
     num_frames: int = 24,
 ) -> list[Any] | None:
     """``video_strategy`` defaults to the template's, as THUDM's demo pairs them: 'base' frames for the base
-    template, 'chat' (one frame per second) otherwise."""
+    template, 'chat' (one frame per second) otherwise. ``image`` is a path or an already decoded PIL image."""
     if image is not None and video is not None:
         raise ValueError("give --image or --video, not both")
     if video is not None:

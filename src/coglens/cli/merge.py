@@ -7,8 +7,9 @@ from typing import Annotated
 
 import typer
 
-from coglens.cli.export import lens_errors_exit
-from coglens.lens.merge import merge_databases
+from coglens.cli.export import check_database_exists, lens_errors_exit
+
+from ._options import check_output_file
 
 
 def merge_command(
@@ -16,6 +17,13 @@ def merge_command(
     shards: Annotated[list[str], typer.Argument(help="Lens databases to merge (SQLite files or URLs).")],
 ) -> None:
     """Merge runs by name; samples already present (same key) are skipped."""
+    for shard in shards:
+        check_database_exists(shard)
+    if ":/" not in str(out):  # a database URL (which Path has made ':/') is checked when connecting
+        check_output_file(out, "OUT")
+
+    from coglens.lens.merge import merge_databases
+
     with lens_errors_exit():
         report = merge_databases(shards, out)
     for run, added in report.added.items():

@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
-from ._options import DeviceOpt, DtypeOpt, ModelOpt, TokenizerOpt
+from ._options import DeviceOpt, DtypeOpt, ModelOpt, TokenizerOpt, check_dtype, check_output_dir
 
 _PIPED_WIDTH = 240  # rich wraps at 80 columns when not on a terminal; shapes would wrap mid-word
 
@@ -34,6 +33,12 @@ def modules(
     logs_dir: Annotated[Path, typer.Option("--logs-dir", help="Folder of the --log file.")] = Path("logs"),
 ) -> None:
     """List module names to put in a lens config's `modules:`."""
+    check_dtype(dtype)
+    if log:
+        check_output_dir(logs_dir, "--logs-dir")
+
+    from rich.console import Console
+
     from coglens.lens.discovery import list_modules, write_module_log
     from coglens.lens.modules import module_table, resolve_modules
     from coglens.pipeline import DEFAULT_TINY_VARIANT, Pipeline

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ._options import DeviceOpt, DtypeOpt, ModelOpt, TemplateOpt, TokenizerOpt
+from ._options import DeviceOpt, DtypeOpt, ModelOpt, TemplateOpt, TokenizerOpt, check_dtype
 
 MIB = 1 << 20
 
@@ -50,6 +50,26 @@ def serve(
     log_level: Annotated[str, typer.Option("--log-level", help="debug | info | warning | error.")] = "info",
 ) -> None:
     """Serve the model over HTTP: OpenAI, TGI, vLLM and Triton protocols on one port (docs at /docs)."""
+    # The checks that need none of the server's modules (fastapi, torch: seconds) come first; the same
+    # words as ServeSettings / ServeLimits, which check again for API users.
+    check_dtype(dtype)
+    log_level_number(log_level)
+    if max_batch_size < 1:
+        raise ValueError(f"--max-batch-size must be >= 1, got {max_batch_size}")
+    if api_key is not None and not api_key.strip():
+        raise ValueError("--api-key is empty; give a secret, or leave the option out to serve without auth")
+    if allow_local_media is not None and not allow_local_media.is_dir():
+        raise ValueError(f"--allow-local-media {str(allow_local_media)!r} is not a directory")
+    for flag, value in (("--max-body-mb", max_body_mb), ("--max-image-mb", max_image_mb),
+                        ("--max-image-pixels", max_image_pixels), ("--max-video-mb", max_video_mb),
+                        ("--max-video-seconds", max_video_seconds), ("--max-prompt-tokens", max_prompt_tokens),
+                        ("--max-queue", max_queue), ("--max-n", max_n), ("--request-timeout", request_timeout),
+                        ("--fetch-timeout", fetch_timeout)):
+        if value <= 0:
+            raise ValueError(f"{flag} must be > 0, got {value}")
+    if max_redirects < 0:
+        raise ValueError(f"--max-redirects must be >= 0, got {max_redirects}")
+
     import uvicorn
 
     from ..pipeline import DEFAULT_TINY_VARIANT, Pipeline
@@ -77,11 +97,16 @@ def serve(
                 access_log=False)  # our own JSON access log replaces uvicorn's
 
 
-def configure_logging(level: str) -> None:
-    """JSON access lines as they are; everything else of coglens.serve with its logger name."""
+def log_level_number(level: str) -> int:
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         raise ValueError(f"--log-level {level!r} is not a level; use debug, info, warning or error")
+    return numeric
+
+
+def configure_logging(level: str) -> None:
+    """JSON access lines as they are; everything else of coglens.serve with its logger name."""
+    numeric = log_level_number(level)
     access = logging.getLogger("coglens.serve.access")
     access.setLevel(numeric)
     access.propagate = False

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ._options import DeviceOpt, DtypeOpt, ModelOpt, TokenizerOpt
+from ._options import DeviceOpt, DtypeOpt, ModelOpt, TokenizerOpt, check_dtype
 
 
 def web(
@@ -18,10 +18,11 @@ def web(
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on.")] = 7860,
     share: Annotated[bool, typer.Option("--share/--no-share", help="Also open a gradio.live link.")] = False,
     max_batch_size: Annotated[
-        int, typer.Option("--max-batch-size", help="Most answers decoded together (concurrent users).")
+        int, typer.Option("--max-batch-size", min=1, help="Most answers decoded together (concurrent users).")
     ] = 8,
 ) -> None:
     """Serve the web chat demo: image/video upload, streamed answers, grounding boxes drawn."""
+    check_dtype(dtype)
     try:
         from ..chat.web import launch
     except ImportError as exc:  # Gradio is an optional extra
