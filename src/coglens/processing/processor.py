@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 from transformers import BatchFeature, PreTrainedTokenizerBase, ProcessorMixin
+from transformers.utils import CHAT_TEMPLATE_DIR, CHAT_TEMPLATE_FILE, LEGACY_PROCESSOR_CHAT_TEMPLATE_FILE
 
 from coglens.hub import pop_hub_kwargs, resolve_checkpoint
 from coglens.modeling.configuration_cogvlm import LLAMA3_IMAGE_TOKEN_ID, VARIANTS, CogvlmConfig, load_config
@@ -96,7 +97,7 @@ class CogvlmProcessor(ProcessorMixin):
         image_token_id: int | None = None,
         max_position_embeddings: int | None = None,
         bos_token_id: int | None = None,
-        chat_template: str | None = None,
+        chat_template: str | dict[str, str] | None = None,
     ) -> None:
         if isinstance(tokenizer, CogvlmConfig) and config is None:  # the historical CogvlmProcessor(tokenizer, config)
             image_processor, tokenizer, config = None, image_processor, tokenizer
@@ -185,9 +186,10 @@ class CogvlmProcessor(ProcessorMixin):
             tokenizer = load_tokenizer(folder, tokenizer_path, config=config, variant=variant, **tokenizer_hub)
         settings = {key: value for key, value in saved.items() if key in accepted}
         settings.update(kwargs)
-        chat_template = folder / "chat_template.jinja"
-        if "chat_template" not in settings and chat_template.is_file():
-            settings["chat_template"] = chat_template.read_text(encoding="utf-8")
+        if "chat_template" not in settings:
+            chat_template = _read_chat_template(folder)
+            if chat_template is not None:
+                settings["chat_template"] = chat_template
         return cls(image_processor=image_processor, tokenizer=tokenizer, config=config, **settings)
 
     def check_argument_for_proper_class(self, argument_name: str, argument: Any) -> Any:
@@ -232,8 +234,7 @@ class CogvlmProcessor(ProcessorMixin):
         text: str | Sequence[str] | None = None,
         history: Any = None,
         template_version: str | None = None,
-        allow_multiple_images: bool = False,
-        return_tensors: str | None = "pt",
+        allow_multiple_images: bool | None = None,
         **kwargs: Any,
     ) -> BatchFeature:
         """Encode one query (``str``) or a batch (list of ``str``).
@@ -247,7 +248,12 @@ class CogvlmProcessor(ProcessorMixin):
         too), ``images`` holds one image (or ``None``) per text, and an all-image batch comes back as
         ``pixel_values`` (B, 3, S, S) instead of ``images``. ``processor(images=...)`` alone gives the image
         processor's ``pixel_values``.
+
+        Keyword arguments, as transformers passes them: ``return_tensors`` (``"pt"`` or ``None``; PyTorch tensors
+        either way), ``padding`` (``True`` / ``"longest"``: rows are always left-padded to the longest) and
+        ``return_attention_mask=True``; anything else is refused.
         """
+        return_tensors = kwargs.pop("return_tensors", None)  # transformers passes it among the processing kwargs
         _check_call_kwargs(kwargs)
         if return_tensors not in (None, "pt"):
             raise ProcessingError(f"return_tensors={return_tensors!r} is not supported; use 'pt' (PyTorch)")
@@ -278,7 +284,7 @@ class CogvlmProcessor(ProcessorMixin):
             conversation.build_conversation_input_ids(
                 self.tokenizer, config=layout, query=query, history=self._prepare_history(row_history),
                 images=self._prepare_images(row_images), template_version=template_version,
-                allow_multiple_images=allow_multiple_images,
+                allow_multiple_images=bool(allow_multiple_images),
             )
             for query, row_images, row_history in zip(batch_queries, batch_images, batch_history, strict=True)
         ]
@@ -389,6 +395,30 @@ def _load_image_processor(folder: Path, saved: dict[str, Any], config: CogvlmCon
     if config is not None:
         return CogvlmImageProcessor.from_config(config)
     return CogvlmImageProcessor()
+
+
+def _read_chat_template(folder: Path) -> str | dict[str, str] | None:
+    """The chat template(s) ``ProcessorMixin.save_pretrained`` writes, read as ``ProcessorMixin.from_pretrained`` does.
+
+    ``chat_template.jinja`` (plus named ones in ``additional_chat_templates/``, giving a dict with ``"default"``),
+    or the legacy ``chat_template.json``.
+    """
+    legacy = folder / LEGACY_PROCESSOR_CHAT_TEMPLATE_FILE
+    named = sorted((folder / CHAT_TEMPLATE_DIR).glob("*.jinja")) if (folder / CHAT_TEMPLATE_DIR).is_dir() else []
+    if legacy.is_file():
+        if named:
+            raise ProcessingError(
+                f"{folder} has both a legacy {LEGACY_PROCESSOR_CHAT_TEMPLATE_FILE} and {CHAT_TEMPLATE_DIR}/; "
+                f"replace the legacy file with {CHAT_TEMPLATE_FILE}"
+            )
+        template = _read_json(legacy).get("chat_template")
+        return template if isinstance(template, (str, dict)) else None
+    templates = {path.stem: path.read_text(encoding="utf-8") for path in named}
+    if (folder / CHAT_TEMPLATE_FILE).is_file():
+        templates["default"] = (folder / CHAT_TEMPLATE_FILE).read_text(encoding="utf-8")
+    if list(templates) == ["default"]:
+        return templates["default"]
+    return templates or None
 
 
 def _read_json(path: Path) -> dict[str, Any]:
