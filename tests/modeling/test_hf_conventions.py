@@ -116,7 +116,7 @@ def test_state_dict_and_config_without_a_folder(cogvlm2):
     folder, model, g = cogvlm2
     again, info = CogvlmForCausalLM.from_pretrained(None, config=model.config, state_dict=model.state_dict(),
                                                     output_loading_info=True)
-    assert info == {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": [], "error_msgs": []}
+    assert info == {"missing_keys": set(), "unexpected_keys": set(), "mismatched_keys": set(), "error_msgs": []}
     with torch.no_grad():
         torch.testing.assert_close(again(**_batch(g), pixel_values=g["batch_left_pad/images"]).logits,
                                    model(**_batch(g), pixel_values=g["batch_left_pad/images"]).logits)
@@ -125,11 +125,11 @@ def test_state_dict_and_config_without_a_folder(cogvlm2):
 def test_base_model_checkpoint_loads_into_the_head_model_and_back(cogvlm2, tmp_path):
     folder, model, g = cogvlm2
     base, info = CogvlmModel.from_pretrained(folder, output_loading_info=True)
-    assert info["unexpected_keys"] == ["lm_head.weight"] and info["missing_keys"] == []
+    assert info["unexpected_keys"] == {"lm_head.weight"} and info["missing_keys"] == set()
     assert torch.equal(base.embed_tokens.weight, model.model.embed_tokens.weight)
     base.save_pretrained(tmp_path / "base")
     head, info = CogvlmForCausalLM.from_pretrained(tmp_path / "base", output_loading_info=True)
-    assert info["missing_keys"] == ["lm_head.weight"] and info["unexpected_keys"] == []
+    assert info["missing_keys"] == {"lm_head.weight"} and info["unexpected_keys"] == set()
     assert torch.equal(head.model.layers[1].mlp.vision_mlp.up_proj.weight,
                        model.model.layers[1].mlp.vision_mlp.up_proj.weight)
 

@@ -195,8 +195,8 @@ def test_unexpected_and_missing_keys_are_reported_as_transformers_does(fixtures_
     save_file(state, tmp_path / "model.safetensors")
     with caplog.at_level("WARNING"):
         model, info = CogvlmForCausalLM.from_pretrained(tmp_path, output_loading_info=True)
-    assert info["unexpected_keys"] == ["model.extra.weight"]
-    assert info["missing_keys"] == ["lm_head.weight", "model.layers.0.self_attn.vision_expert_query_key_value.weight"]
+    assert info["unexpected_keys"] == {"model.extra.weight"}
+    assert info["missing_keys"] == {"lm_head.weight", "model.layers.0.self_attn.vision_expert_query_key_value.weight"}
     assert "model.extra.weight" in caplog.text and "lm_head.weight" in caplog.text
     # a missing expert weight is a missing key, not a reason to take the checkpoint for the video variant
     assert model.config.variant == "cogvlm2" and model.config.has_vision_experts

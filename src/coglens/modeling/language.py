@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.cache_utils import Cache
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .attention import attention_function
 from .configuration_cogvlm import CogvlmConfig
@@ -165,8 +166,12 @@ class VisionExpertMLP(nn.Module):
         return route(x, vision_mask, self.language_mlp, self.vision_mlp, self.hidden_size)
 
 
-class CogVLMDecoderLayer(nn.Module):
-    """Pre-norm decoder layer. Returns the hidden state (a tensor, not a tuple): the cache updates in place."""
+class CogVLMDecoderLayer(GradientCheckpointingLayer):
+    """Pre-norm decoder layer. Returns the hidden state (a tensor, not a tuple): the cache updates in place.
+
+    A ``GradientCheckpointingLayer``, so ``gradient_checkpointing_enable()`` recomputes it in the backward pass; the
+    model then runs without a cache (a replayed layer would write it twice).
+    """
 
     def __init__(self, config: CogvlmConfig, layer_idx: int) -> None:
         super().__init__()

@@ -149,6 +149,15 @@ def load_pretrained(
     ``CogvlmForCausalLM`` and back (``base_model_prefix``); missing weights are initialised and reported, as
     transformers does, and unexpected ones are reported and skipped.
     """
+    if device_map is None:  # a device context (``with torch.device(...)``) places the weights, as in transformers
+        context_device = torch.empty(0).device
+        if context_device.type == "meta":
+            raise RuntimeError(
+                "You are using `from_pretrained` with a meta device context manager or "
+                "`torch.set_default_device('meta')`: from_pretrained loads weights; build an empty model with "
+                "`ModelClass(config)` under the meta device instead"
+            )
+        device_map = context_device if context_device.type != "cpu" else None
     hub = pop_hub_kwargs(kwargs)
     folder = resolve_checkpoint(path, **hub) if path is not None else None
     if folder is None and (state_dict is None or not isinstance(config, CogvlmConfig)):
@@ -231,8 +240,8 @@ def load_pretrained(
         model.generation_config = GenerationConfig.from_pretrained(folder)
     model.name_or_path = source
     model.config._name_or_path = source
-    if output_loading_info:
-        return model, {"missing_keys": missing, "unexpected_keys": unexpected, "mismatched_keys": [],
+    if output_loading_info:  # sets, as transformers reports them
+        return model, {"missing_keys": set(missing), "unexpected_keys": set(unexpected), "mismatched_keys": set(),
                        "error_msgs": []}
     return model
 
@@ -250,7 +259,8 @@ def _prefix_mapper(expected: set[str], keys: set[str], prefix: str) -> Callable[
 
 
 def _initialise_missing(model: Any, missing: list[str], placement: dict[str, Any], dtype: torch.dtype) -> None:
-    """Materialise weights the checkpoint lacks and let the model's ``_init_weights`` draw them."""
+    """Materialise weights the checkpoint lacks and let the model's ``_init_weights`` draw them (through
+    ``_initialize_weights``, as transformers' own loader does)."""
     for param in model.parameters():
         if not param.is_meta:
             param._is_hf_initialized = True  # transformers' init functions leave loaded tensors alone
@@ -262,7 +272,9 @@ def _initialise_missing(model: Any, missing: list[str], placement: dict[str, Any
         owners[key.rpartition(".")[0]] = None
     with torch.no_grad():
         for name in owners:
-            model._init_weights(model.get_submodule(name))
+            module = model.get_submodule(name)
+            module._is_hf_initialized = False  # set by the (meta-device) init at construction
+            model._initialize_weights(module)  # transformers' per-module entry point around _init_weights
 
 
 def _shown(keys: list[str]) -> str:

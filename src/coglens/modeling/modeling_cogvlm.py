@@ -16,11 +16,14 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.utils import logging
 
 from .configuration_cogvlm import Cogvlm2Config, Cogvlm2VideoConfig, CogvlmConfig
 from .language import CogVLMDecoderLayer, CogvlmRMSNorm, RotaryEmbedding
 from .routing import VISION_TOKEN_TYPE, build_position_ids, vision_expert_mask
 from .vision import EVA2CLIPModel, PatchEmbedding
+
+logger = logging.get_logger(__name__)
 
 ImagesArg = Sequence[Sequence[torch.Tensor]] | None
 
@@ -54,6 +57,9 @@ class CogvlmPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["CogVLMDecoderLayer", "EVA2CLIPTransformerLayer"]
     _supports_sdpa = True
     _skip_keys_device_placement = "past_key_values"
+    supports_gradient_checkpointing = True  # the decoder and ViT layers are GradientCheckpointingLayers
+    # THUDM's checkpoints store the rotary tables; a checkpoint without them (ours, or a fine-tune's) is complete
+    _keys_to_ignore_on_load_missing = [r"rotary_emb\.inv_freq"]
 
     def _init_weights(self, module: nn.Module) -> None:
         """transformers' defaults (linears, embeddings, norms) plus CogVLM's own parameters and rotary table."""
@@ -146,20 +152,29 @@ class CogvlmModel(CogvlmPreTrainedModel):
             token_type_ids = torch.zeros(b, n, dtype=torch.long, device=device)
         has_vision = bool((token_type_ids == VISION_TOKEN_TYPE).any())
         image_features = None
+        # given embeddings take the image features only when images come along (as transformers' VLMs do);
+        # without images they are taken to hold them already
+        merge_images = has_vision and (inputs_embeds is None or images is not None)
         if inputs_embeds is None:
             # ids in image spans are placeholders, overwritten below; keep them inside the vocabulary
             ids = input_ids.masked_fill(token_type_ids == VISION_TOKEN_TYPE, 0) if has_vision else input_ids
             inputs_embeds = self.embed_tokens(ids)
-            if has_vision:
-                image_features = self._image_features_for(images, token_type_ids)
-                inputs_embeds = inputs_embeds.index_put(
-                    (token_type_ids == VISION_TOKEN_TYPE,), image_features.to(inputs_embeds.dtype)
-                )
+        if merge_images:
+            image_features = self._image_features_for(images, token_type_ids)
+            inputs_embeds = inputs_embeds.index_put(
+                (token_type_ids == VISION_TOKEN_TYPE,), image_features.to(inputs_embeds.dtype)
+            )
         if attention_mask is None:
             attention_mask = torch.ones(b, past_len + n, dtype=torch.long, device=device)
         if position_ids is None:
             position_ids = self._default_position_ids(token_type_ids, attention_mask, past_key_values, past_len, n)
-        if use_cache if use_cache is not None else self.config.use_cache:
+        use_cache = use_cache if use_cache is not None else self.config.use_cache
+        if use_cache and self.training and torch.is_grad_enabled() and any(
+            getattr(layer, "gradient_checkpointing", False) for layer in self.layers
+        ):
+            logger.warning_once("use_cache=True is incompatible with gradient checkpointing; using use_cache=False")
+            use_cache = False
+        if use_cache:
             if past_key_values is None:
                 past_key_values = DynamicCache()
             # remembered so a caller's manual decode loop needs no position ids
@@ -327,9 +342,9 @@ class CogvlmForCausalLM(CogvlmPreTrainedModel, GenerationMixin):
         logits = self.lm_head(hidden[:, keep]).float()  # the original casts logits to float32
         loss = None
         if labels is not None:
-            shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1])
-            shift_labels = labels[:, 1:].reshape(-1).to(logits.device)
-            loss = nn.functional.cross_entropy(shift_logits, shift_labels, ignore_index=-100)
+            # transformers' causal-LM loss: labels shifted by one, -100 ignored; it also honours the Trainer's
+            # num_items_in_batch (gradient accumulation) and pre-shifted shift_labels (sequence parallelism)
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
         result = CogvlmCausalLMOutputWithPast(
             loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions,
             image_hidden_states=out.image_hidden_states, **{CACHE_FIELD: getattr(out, CACHE_FIELD)},
@@ -342,25 +357,46 @@ class CogvlmForCausalLM(CogvlmPreTrainedModel, GenerationMixin):
         # placeholder ids in image spans may equal the pad id, so never infer a mask from pad ids (as the original)
         return torch.ones(inputs_tensor.shape[:2], dtype=torch.long, device=inputs_tensor.device)
 
-    def prepare_inputs_for_generation(self, input_ids: torch.LongTensor, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    def prepare_inputs_for_generation(
+        self, input_ids: torch.LongTensor, *args: Any, inputs_embeds: torch.Tensor | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
         """transformers slices the new tokens and passes the cache; CogVLM adds three things to that:
         compressed position ids (computed over the whole sequence, then sliced like the ids), and images only
-        while the cache is empty (decode steps never run the vision tower again)."""
+        while the cache is empty (decode steps never run the vision tower again). ``inputs_embeds`` is named so
+        that ``generate`` accepts it (it looks for the parameter)."""
+        kwargs["inputs_embeds"] = inputs_embeds
         images = kwargs.pop("images", None)
         pixel_values = kwargs.pop("pixel_values", None)
         kwargs.pop("position_ids", None)  # ours are derived from the token types below, never extended by +1
         token_type_ids = kwargs.get("token_type_ids")
-        if token_type_ids is None:
-            token_type_ids = kwargs["token_type_ids"] = torch.zeros_like(input_ids)
         attention_mask = kwargs.get("attention_mask")
         inputs = super().prepare_inputs_for_generation(input_ids, *args, **kwargs)
         cache = inputs.get(CACHE_FIELD)
         fed = (inputs["input_ids"] if inputs.get("input_ids") is not None else inputs["inputs_embeds"]).shape[1]
         full_mask = attention_mask if attention_mask is not None and attention_mask.dim() == 2 else None
+        if token_type_ids is None:  # all language, over the whole sequence: the cached part and what is fed now
+            # (input_ids alone may not span it: a prompt given as inputs_embeds is not in them)
+            past = cache.get_seq_length() if cache is not None else 0
+            length = full_mask.shape[1] if full_mask is not None else past + fed
+            token_type_ids = torch.zeros(input_ids.shape[0], length, dtype=torch.long, device=input_ids.device)
         inputs["position_ids"] = build_position_ids(token_type_ids, full_mask)[:, -fed:]
         if cache is None or cache.get_seq_length() == 0:
             inputs["images"], inputs["pixel_values"] = images, pixel_values
         return inputs
+
+    def _expand_inputs_for_generation(  # type: ignore[override]
+        self, expand_size: int = 1, is_encoder_decoder: bool = False, input_ids: torch.LongTensor | None = None,
+        **model_kwargs: Any,
+    ) -> tuple[torch.LongTensor | None, dict[str, Any]]:
+        """Beam search and num_return_sequences repeat every row; transformers repeats tensors only, so the
+        per-row ``images`` lists are repeated here the same way (row i becomes rows i*n ... i*n+n-1)."""
+        images = model_kwargs.pop("images", None)
+        input_ids, model_kwargs = super()._expand_inputs_for_generation(
+            expand_size, is_encoder_decoder, input_ids, **model_kwargs
+        )
+        if images is not None:
+            model_kwargs["images"] = [row for row in images for _ in range(expand_size)]
+        return input_ids, model_kwargs
 
     def _update_model_kwargs_for_generation(  # type: ignore[override]
         self, outputs: Any, model_kwargs: dict[str, Any], is_encoder_decoder: bool = False, num_new_tokens: int = 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .attention import attention_function
 from .configuration_cogvlm import CogvlmConfig, CogvlmVisionConfig
@@ -59,7 +60,7 @@ class MLP(nn.Module):
         return self.fc2(F.gelu(self.fc1(x)))  # exact (erf) GELU
 
 
-class EVA2CLIPTransformerLayer(nn.Module):
+class EVA2CLIPTransformerLayer(GradientCheckpointingLayer):
     """Post-norm on each branch: ``x + LN(attn(x))`` then ``x + LN(mlp(x))`` (not the usual pre-norm)."""
 
     def __init__(self, config: CogvlmVisionConfig) -> None:
