@@ -46,8 +46,17 @@ def test_pixel_values_is_the_batched_image_input(cogvlm2):
 def test_get_image_features_and_image_hidden_states(cogvlm2):
     _, model, g = cogvlm2
     pixels = g["batch_left_pad/images"]
-    features = model.get_image_features(pixels)
+    image = model.get_image_features(pixels, output_hidden_states=True, output_attentions=True)
+    features = image.pooler_output  # transformers 5's convention: the projected features are the pooler output
     assert features.shape == (2, model.config.num_image_tokens, model.config.hidden_size)
+    vision = model.config.vision_config
+    assert image.last_hidden_state.shape == (2, vision.grid_size**2 + 1, vision.hidden_size)
+    assert len(image.hidden_states) == vision.num_hidden_layers + 1
+    assert len(image.attentions) == vision.num_hidden_layers
+    torch.testing.assert_close(image.hidden_states[-1], image.last_hidden_state)
+    # the tower's own forward (what lens hooks on model.vision see) gives the same features
+    torch.testing.assert_close(model.model.vision(pixels), features)
+    assert isinstance(model.get_image_features(pixels, return_dict=False), tuple)
     out = model(**_batch(g), pixel_values=pixels)
     torch.testing.assert_close(out.image_hidden_states, features.flatten(0, 1))
     # the image features are exactly what sits at the vision-typed positions of layer 0's input

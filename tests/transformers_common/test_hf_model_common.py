@@ -29,12 +29,6 @@ SKIPPED = {
         "the sdist has no GenerationTesterMixin; test_hf_generation_checks.py covers generation instead",
     "test_bc_cache_name_forward":
         "past_key_values and cache are both accepted without a deprecation warning (5.23 only knows past_key_values)",
-    "test_get_image_features_output":
-        "get_image_features returns the LM-space image features as a tensor (pinned by tests/modeling), no ModelOutput",
-    "test_get_image_features_hidden_states":
-        "get_image_features returns the LM-space image features as a tensor, not the ViT's hidden states",
-    "test_get_image_features_attentions":
-        "get_image_features returns the LM-space image features as a tensor, not the ViT's attentions",
     "test_multimodal_outputs_are_returned":
         "outputs carry image_hidden_states (LM-space image features), not a vision-tower `image_outputs`",
 }

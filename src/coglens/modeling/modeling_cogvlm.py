@@ -15,7 +15,11 @@ from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
-from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPast,
+    BaseModelOutputWithPooling,
+    CausalLMOutputWithPast,
+)
 from transformers.utils import logging
 
 from .configuration_cogvlm import Cogvlm2Config, Cogvlm2VideoConfig, CogvlmConfig
@@ -96,9 +100,35 @@ class CogvlmModel(CogvlmPreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embed_tokens = value
 
-    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Images (N, 3, S, S) -> LM-space features (N, num_image_tokens, hidden), boi and eoi included."""
-        return self.encode_images([[pixel_values]]).view(pixel_values.shape[0], self.config.num_image_tokens, -1)
+    def get_image_features(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> BaseModelOutputWithPooling | tuple:
+        """Images (N, 3, S, S) through the vision tower, as transformers' VLMs return them: ``last_hidden_state``
+        is the ViT's output (N, 1 + patches, vision hidden), ``pooler_output`` the LM-space features that replace
+        the image placeholders (N, num_image_tokens, hidden; boi and eoi included), plus the ViT's
+        ``hidden_states`` / ``attentions`` when asked for."""
+        vision = self.config.vision_config
+        output_hidden_states = output_hidden_states if output_hidden_states is not None else (
+            self.config.output_hidden_states or vision.output_hidden_states
+        )
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        hidden: list[torch.Tensor] | None = [] if output_hidden_states else None
+        attentions: list[torch.Tensor] | None = [] if output_attentions else None
+        tower = self.vision
+        param = tower.patch_embedding.proj.weight
+        pixels = pixel_values.to(device=execution_device(tower), dtype=param.dtype)
+        vit = tower.transformer(tower.patch_embedding(pixels), hidden, attentions)
+        out = BaseModelOutputWithPooling(
+            last_hidden_state=vit, pooler_output=tower.project(vit),
+            hidden_states=tuple(hidden) if hidden is not None else None,
+            attentions=tuple(attentions) if attentions is not None else None,
+        )
+        return out if _wants_dict(return_dict, self.config) else out.to_tuple()
 
     def encode_images(self, images: ImagesArg) -> torch.Tensor:
         """All images of the batch (rows in order) -> (total image tokens, hidden).
@@ -308,8 +338,8 @@ class CogvlmForCausalLM(CogvlmPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, value: nn.Linear) -> None:
         self.lm_head = value
 
-    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.model.get_image_features(pixel_values)
+    def get_image_features(self, pixel_values: torch.Tensor, **kwargs: Any) -> BaseModelOutputWithPooling | tuple:
+        return self.model.get_image_features(pixel_values, **kwargs)
 
     def forward(
         self,

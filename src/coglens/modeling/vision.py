@@ -41,12 +41,15 @@ class Attention(nn.Module):
         self.query_key_value = nn.Linear(config.hidden_size, 3 * config.hidden_size)
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attentions: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """``attentions``: a list that collects this layer's weights (B, heads, N, N), computed eagerly."""
         b, n, _ = x.shape
         # fused layout is all-q | all-k | all-v; heads are split after that
         qkv = self.query_key_value(x).view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        attend = attention_function(self.config._attn_implementation)
-        out, _ = attend(qkv[0], qkv[1], qkv[2], None, causal=False)  # (B, heads, N, D), no mask
+        attend = attention_function(self.config._attn_implementation, need_weights=attentions is not None)
+        out, weights = attend(qkv[0], qkv[1], qkv[2], None, causal=False)  # (B, heads, N, D), no mask
+        if attentions is not None:
+            attentions.append(weights)
         return self.dense(out.transpose(1, 2).reshape(b, n, -1))
 
 
@@ -70,8 +73,8 @@ class EVA2CLIPTransformerLayer(GradientCheckpointingLayer):
         self.mlp = MLP(config)
         self.post_attention_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.input_layernorm(self.attention(x))
+    def forward(self, x: torch.Tensor, attentions: list[torch.Tensor] | None = None) -> torch.Tensor:
+        x = x + self.input_layernorm(self.attention(x, attentions))
         return x + self.post_attention_layernorm(self.mlp(x))
 
 
@@ -80,9 +83,17 @@ class Transformer(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(EVA2CLIPTransformerLayer(config) for _ in range(config.num_hidden_layers))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, hidden_states: list[torch.Tensor] | None = None,
+        attentions: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """``hidden_states`` / ``attentions``: lists that collect the embeddings and every layer's output / weights."""
         for layer in self.layers:
-            x = layer(x)
+            if hidden_states is not None:
+                hidden_states.append(x)
+            x = layer(x, attentions)
+        if hidden_states is not None:
+            hidden_states.append(x)
         return x
 
 
@@ -117,7 +128,11 @@ class EVA2CLIPModel(nn.Module):
         self.eoi = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.transformer(self.patch_embedding(images))[:, 1:]  # drop CLS
+        return self.project(self.transformer(self.patch_embedding(images)))
+
+    def project(self, vit_output: torch.Tensor) -> torch.Tensor:
+        """ViT output (B, 1 + patches, H_v) -> LM-space features (B, num_image_tokens, hidden)."""
+        x = vit_output[:, 1:]  # drop CLS
         if self.conv is not None:
             b, n, h = x.shape
             grid = int(n**0.5)
