@@ -6,6 +6,7 @@ name below (PEP 562), so ``coglens --help`` answers at once.
 
 from __future__ import annotations
 
+import importlib
 import importlib.abc
 import importlib.util
 import sys
@@ -21,32 +22,33 @@ if TYPE_CHECKING:
         CogvlmVisionConfig,
         register_auto_classes,
     )
+    from .processing import CogvlmImageProcessor, CogvlmProcessor
 
 __version__ = "0.1.0"
 
-_LAZY = frozenset({
-    "Cogvlm2Config", "Cogvlm2VideoConfig", "CogvlmConfig", "CogvlmForCausalLM", "CogvlmModel",
-    "CogvlmVisionConfig", "register_auto_classes",
-})
+# public name -> the subpackage that defines it (imported on first use)
+_LAZY = {
+    **dict.fromkeys(("Cogvlm2Config", "Cogvlm2VideoConfig", "CogvlmConfig", "CogvlmForCausalLM", "CogvlmModel",
+                     "CogvlmVisionConfig", "register_auto_classes"), "modeling"),
+    **dict.fromkeys(("CogvlmImageProcessor", "CogvlmProcessor"), "processing"),
+}
 
 __all__ = [
-    "Cogvlm2Config", "Cogvlm2VideoConfig", "CogvlmConfig", "CogvlmForCausalLM", "CogvlmModel",
-    "CogvlmVisionConfig", "__version__", "register_auto_classes",
+    "Cogvlm2Config", "Cogvlm2VideoConfig", "CogvlmConfig", "CogvlmForCausalLM", "CogvlmImageProcessor",
+    "CogvlmModel", "CogvlmProcessor", "CogvlmVisionConfig", "__version__", "register_auto_classes",
 ]
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        from . import modeling
-
-        value = getattr(modeling, name)
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
         globals()[name] = value  # later lookups skip this function
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | _LAZY)
+    return sorted(set(globals()) | set(_LAZY))
 
 
 # Auto-class registration. ``import coglens`` has always made transformers' AutoConfig / AutoModelForCausalLM

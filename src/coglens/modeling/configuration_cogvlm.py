@@ -27,6 +27,8 @@ class CogvlmVisionConfig(PretrainedConfig):
     """EVA2-CLIP vision tower settings (the nested ``vision_config`` dict of THUDM's config.json)."""
 
     model_type = "cogvlm_vision"
+    # THUDM's names (num_heads, in_channels) are what config.json stores; transformers' usual names work too
+    attribute_map = {"num_attention_heads": "num_heads", "num_channels": "in_channels"}
 
     def __init__(
         self,
@@ -41,14 +43,16 @@ class CogvlmVisionConfig(PretrainedConfig):
         layer_norm_eps: float = 1e-6,
         hidden_act: str = "gelu",
         dropout_prob: float = 0.0,
+        num_attention_heads: int | None = None,
+        num_channels: int | None = None,
         **kwargs: Any,
     ) -> None:
         self.image_size = image_size
         self.patch_size = patch_size
-        self.in_channels = in_channels
+        self.in_channels = in_channels if num_channels is None else num_channels
         self.hidden_size = hidden_size
         self.intermediate_size = intermediate_size
-        self.num_heads = num_heads
+        self.num_heads = num_heads if num_attention_heads is None else num_attention_heads
         self.num_hidden_layers = num_hidden_layers
         self.num_positions = (image_size // patch_size) ** 2 + 1 if num_positions is None else num_positions
         self.layer_norm_eps = layer_norm_eps
