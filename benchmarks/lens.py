@@ -27,15 +27,15 @@ from pathlib import Path
 import torch
 
 from coglens import Cogvlm2Config, CogvlmForCausalLM
-from coglens.lens.batches import BatchPreparer, PreparedBatch
-from coglens.lens.capture import BatchCapturer
-from coglens.lens.inputs import LensSample
-from coglens.lens.modules import resolve_modules
-from coglens.lens.records import ActivationRecord, SampleRecord
-from coglens.lens.select import TokenSpec
-from coglens.lens.sink import BackgroundWriter
-from coglens.lens.store import LensStore
-from coglens.lens.vlmlens_db import TENSORS_DDL, VlmLensStore
+from coglens.lens.capture.batch import BatchCapturer
+from coglens.lens.capture.modules import resolve_modules
+from coglens.lens.capture.select import TokenSpec
+from coglens.lens.run.batches import BatchPreparer, PreparedBatch
+from coglens.lens.run.inputs import LensSample
+from coglens.lens.store.coglens_db import LensStore
+from coglens.lens.store.records import ActivationRecord, SampleRecord
+from coglens.lens.store.sink import BackgroundWriter
+from coglens.lens.store.vlmlens_db import TENSORS_DDL, VlmLensStore
 from coglens.pipeline import Pipeline
 from coglens.processing import CogvlmProcessor
 

@@ -22,11 +22,12 @@ logger = logging.getLogger(__name__)
 DEFAULT_TINY_VARIANT = "cogvlm2"
 
 
-def pick_device(device: str | None) -> torch.device:
-    """``None``/"auto" -> CUDA if present, else Apple MPS, else CPU."""
+def pick_device(device: str | None, *, cuda_index: int | None = None) -> torch.device:
+    """``None``/"auto" -> CUDA if present, else Apple MPS, else CPU. `cuda_index`: the GPU that CUDA without an
+    index stands for (under torchrun, the process's LOCAL_RANK); None leaves it to torch's current GPU."""
     if device in (None, "auto"):
         if torch.cuda.is_available():
-            return torch.device("cuda")
+            return torch.device("cuda", cuda_index)
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
@@ -36,7 +37,7 @@ def pick_device(device: str | None) -> torch.device:
         raise ValueError(f"unknown device {device!r}; use cpu, cuda, cuda:N, mps or auto") from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} asked for, but this machine has no CUDA GPU; use --device cpu")
-    return dev
+    return torch.device("cuda", cuda_index) if dev.type == "cuda" and dev.index is None else dev
 
 
 def resolve_model_path(model: str | Path | None, variant: str = DEFAULT_TINY_VARIANT) -> Path:
@@ -70,13 +71,15 @@ class Pipeline:
         device: str | None = None,
         device_map: Any = None,
         max_batch_size: int = 8,
+        cuda_index: int | None = None,
     ) -> Pipeline:
-        """Load a checkpoint folder (or ``tiny:VARIANT``; ``None`` = the tiny CogVLM2) with its tokenizer."""
+        """Load a checkpoint folder (or ``tiny:VARIANT``; ``None`` = the tiny CogVLM2) with its tokenizer; `device`
+        and `cuda_index` as :func:`pick_device` takes them."""
         from .processing.tokenizer import load_tokenizer
 
         path = resolve_model_path(model)
         if device_map is None:
-            dev = pick_device(device)
+            dev = pick_device(device, cuda_index=cuda_index)
             if dtype is None:
                 dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
             loaded = CogvlmForCausalLM.from_pretrained(path, torch_dtype=dtype, device_map=dev)

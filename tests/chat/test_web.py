@@ -58,8 +58,8 @@ def browser():
 @contextmanager
 def web_demo(model: str | Path) -> Iterator[str]:
     from coglens.chat.web import MAX_QUEUE, build_demo
+    from coglens.engine.scheduler import Scheduler
     from coglens.pipeline import Pipeline
-    from coglens.serve.scheduler import Scheduler
 
     pipe = Pipeline.load(model)
     scheduler = Scheduler(pipe.engine, max_queue=MAX_QUEUE, request_timeout_s=120)

@@ -13,8 +13,8 @@ from PIL import Image
 
 from coglens.chat.web import ChatHandlers
 from coglens.engine import SamplingParams
+from coglens.engine.scheduler import Scheduler
 from coglens.pipeline import Pipeline
-from coglens.serve.scheduler import Scheduler
 
 SETTINGS = ("chat", 0.0, 1.0, 0, 1000)  # template, temperature, top-p, top-k, max new tokens
 

@@ -170,7 +170,7 @@ def test_names_repeated_in_the_cli_match_the_library():
     from coglens.cli._options import DTYPE_NAMES, TEMPLATES, VideoStrategy
     from coglens.cli.export import EXPORT_SUFFIXES
     from coglens.cli.tiny import TINY_VARIANT_NAMES
-    from coglens.lens.export import FORMATS_BY_SUFFIX
+    from coglens.lens.store.export import FORMATS_BY_SUFFIX
     from coglens.modeling.loading import resolve_dtype
     from coglens.processing.template import TEMPLATE_VERSIONS
     from coglens.processing.video.sampling import SamplingStrategy

@@ -159,6 +159,23 @@ def test_engine_abort_and_bad_requests(pipe):
         SamplingParams(stop=[""])  # "" is in every text: it would end every answer before it starts
 
 
+def test_engine_stream_stops_when_asked_and_refuses_before_any_event(pipe):
+    x = _prompt(pipe)
+    stop = threading.Event()
+    request = GenerationRequest(x["input_ids"], x["token_type_ids"], list(x["images"]),
+                                SamplingParams(max_new_tokens=50, ignore_eos=True))
+    events = []
+    for event in pipe.engine.stream(request, stop=stop):
+        events.append(event)
+        if len(events) == 3:
+            stop.set()  # what the chat's Ctrl-C does
+    assert [e.finish_reason for e in events] == [None, None, None, "abort"]
+    assert not pipe.engine.has_work()
+    with pytest.raises(EngineInputError, match="max_new_tokens=100000 does not fit"):
+        pipe.engine.stream(GenerationRequest(x["input_ids"], x["token_type_ids"], list(x["images"]),
+                                             SamplingParams(max_new_tokens=100_000)))  # at the call, not on next()
+
+
 @pytest.mark.parametrize("variant", ["cogvlm", "cogvlm2"])
 def test_incremental_text_equals_decoding_the_whole_answer(variant):
     """The engine detokenises a short window per token; the result must equal decoding all tokens at once."""

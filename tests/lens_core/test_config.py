@@ -9,15 +9,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from coglens.lens.config import (
+from coglens.lens.capture.modules import ModuleEntry
+from coglens.lens.capture.select import TokenSpec
+from coglens.lens.run.config import (
     DatasetSource,
     LensConfig,
     LensConfigError,
     ModelOptions,
     load_lens_config,
 )
-from coglens.lens.modules import ModuleEntry
-from coglens.lens.select import TokenSpec
 
 # The CogVLM example of VLM-Lens's documentation, verbatim.
 VLM_LENS_COGVLM = """\
@@ -53,7 +53,7 @@ def _load(tmp_path, content, **overrides):
 
 
 def test_vlm_lens_cogvlm_example(tmp_path, caplog):
-    with caplog.at_level(logging.INFO, logger="coglens.lens.config"):
+    with caplog.at_level(logging.INFO, logger="coglens.lens.run.config"):
         config = _load(tmp_path, VLM_LENS_COGVLM)
     assert config == LensConfig(
         architecture="cogvlm",
@@ -144,7 +144,7 @@ def test_dataset_maps_are_merged(tmp_path):
 
 
 def test_unknown_keys_one_warning_with_closest_key(tmp_path, caplog):
-    with caplog.at_level(logging.WARNING, logger="coglens.lens.config"):
+    with caplog.at_level(logging.WARNING, logger="coglens.lens.run.config"):
         _load(tmp_path, {**MINIMAL, "moduls": ["x"], "zzzz": 1, "model": [{"tokenizer_pth": "t"}]})
     [record] = caplog.records
     message = record.getMessage()

@@ -7,7 +7,7 @@ import torch
 from lens_toy import HIDDEN, VOCAB, ToyLM
 from rich.console import Console
 
-from coglens.lens.modules import (
+from coglens.lens.capture.modules import (
     ModuleEntry,
     ModuleMatchError,
     describe_modules,

@@ -7,8 +7,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from coglens.lens.modules import ModuleEntry, describe_modules, resolve_modules
-from coglens.lens.trace import Trace, token_reducer
+from coglens.lens.capture.modules import ModuleEntry, describe_modules, resolve_modules
+from coglens.lens.capture.trace import Trace, token_reducer
 from coglens.modeling import CogvlmForCausalLM
 
 TOL = {"atol": 1e-4, "rtol": 1e-4}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from coglens.lens.select import (
+from coglens.lens.capture.select import (
     SelectionError,
     TokenSpec,
     pool,

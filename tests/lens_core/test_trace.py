@@ -9,9 +9,10 @@ import torch
 from lens_toy import ToyLM
 from torch import nn
 
-from coglens.lens.modules import ModuleEntry, ModuleMatchError, resolve_modules
-from coglens.lens.select import TokenSpec
-from coglens.lens.trace import CapturePath, CapturePathError, StopForward, Trace, token_reducer
+from coglens.lens.capture.modules import ModuleEntry, ModuleMatchError, resolve_modules
+from coglens.lens.capture.paths import CapturePath, CapturePathError
+from coglens.lens.capture.select import TokenSpec
+from coglens.lens.capture.trace import StopForward, Trace, token_reducer
 
 IDS = torch.tensor([[1, 2, 3], [4, 5, 6]])
 

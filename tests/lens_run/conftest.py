@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from coglens.lens.config import LensConfig, load_lens_config
+from coglens.lens.run.config import LensConfig, load_lens_config
 from coglens.pipeline import Pipeline
 
 

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 import coglens.lens
 from coglens.cli.main import app
-from coglens.lens.config import load_lens_config
+from coglens.lens.run.config import load_lens_config
 
 
 def test_readme_command_prints_what_it_stored(tmp_path):

@@ -8,11 +8,11 @@ import torch
 from safetensors.torch import load_file
 
 import coglens.lens
-from coglens.lens.capture import BatchCapturer
-from coglens.lens.inputs import LensSample
-from coglens.lens.modules import ModuleEntry, resolve_modules
-from coglens.lens.select import TokenSpec
-from coglens.lens.store import LensStore
+from coglens.lens.capture.batch import BatchCapturer
+from coglens.lens.capture.modules import ModuleEntry, resolve_modules
+from coglens.lens.capture.select import TokenSpec
+from coglens.lens.run.inputs import LensSample
+from coglens.lens.store.coglens_db import LensStore
 from coglens.modeling import CogvlmForCausalLM
 
 TOL = {"atol": 1e-4, "rtol": 1e-4}

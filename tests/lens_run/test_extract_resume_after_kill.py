@@ -15,8 +15,8 @@ import yaml
 from lens_run_helpers import EXAMPLES, REPO, assert_same_rows, stored_rows, write_manifest
 
 import coglens.lens
-from coglens.lens.config import load_lens_config
-from coglens.lens.runner import run_lens
+from coglens.lens.run.config import load_lens_config
+from coglens.lens.run.runner import run_lens
 
 SAMPLES = 400  # batch size 1: slow enough to be killed part-way, fast enough to finish in seconds
 IMAGE_EVERY = 25

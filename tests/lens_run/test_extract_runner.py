@@ -12,11 +12,12 @@ from lens_run_helpers import DEMO_CONFIG, EXAMPLES, assert_same_rows, stored_row
 from rich.console import Console
 
 import coglens.lens
-from coglens.lens.config import load_lens_config
-from coglens.lens.inputs import LensInputError
-from coglens.lens.modules import ModuleMatchError
-from coglens.lens.progress import render_summary
-from coglens.lens.runner import RunSettingsMismatchError, run_lens
+from coglens.lens.capture.modules import ModuleMatchError
+from coglens.lens.run.config import load_lens_config
+from coglens.lens.run.inputs import LensInputError
+from coglens.lens.run.progress import render_summary
+from coglens.lens.run.runner import run_lens
+from coglens.lens.store.errors import RunSettingsMismatchError
 from coglens.processing import load_image, preprocess_image
 
 LAYERS = [r"model\.layers\.\d+", "lm_head", "model.vision"]

@@ -11,9 +11,9 @@ import yaml
 from lens_run_helpers import EXAMPLES, REPO, assert_same_rows, run_command, stored_rows, write_manifest
 
 import coglens.lens
-from coglens.lens.config import load_lens_config
-from coglens.lens.merge import merge_databases
-from coglens.lens.runner import run_lens
+from coglens.lens.run.config import load_lens_config
+from coglens.lens.run.runner import run_lens
+from coglens.lens.store.merge import merge_databases
 
 TOL = 1e-4  # ranks batch other samples together: padding differs, so float32 noise does too
 

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from lens_run_helpers import stored_rows, write_manifest
 
-from coglens.lens.runner import run_lens
+from coglens.lens.run.runner import run_lens
 from coglens.pipeline import Pipeline
 from coglens.processing.video import load_video
 

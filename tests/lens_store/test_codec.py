@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from coglens.lens import DTYPE_NAMES, UnsupportedDtypeError, decode_array, decode_tensor, encode_tensor
-from coglens.lens.errors import LensDatabaseError
+from coglens.lens.store.errors import LensDatabaseError
 
 SHAPES = [(), (0,), (2, 0, 3), (5,), (2, 3, 4)]
 

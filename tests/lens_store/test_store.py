@@ -22,8 +22,8 @@ from coglens.lens import (
     open_writer,
 )
 from coglens.lens import open as open_lens
-from coglens.lens.errors import FormatError
-from coglens.lens.schema import activations, runs, samples
+from coglens.lens.store.errors import FormatError
+from coglens.lens.store.schema import activations, runs, samples
 
 
 def _count(store: LensStore, table) -> int:
@@ -113,7 +113,7 @@ def test_a_process_killed_mid_batch_leaves_no_half_written_sample(tmp_path):
     child = textwrap.dedent(
         f"""
         import os, torch
-        from coglens.lens import store as store_module
+        from coglens.lens.store import coglens_db as store_module
         from coglens.lens import ActivationRecord, LensStore, SampleRecord
 
         insert_samples = store_module.insert_samples

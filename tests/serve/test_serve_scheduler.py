@@ -7,10 +7,10 @@ import asyncio
 import pytest
 
 from coglens.engine import GenerationRequest, SamplingParams
+from coglens.engine.errors import EngineFailureError, QueueFullError, RequestTimeoutError
+from coglens.engine.scheduler import Scheduler
 from coglens.pipeline import Pipeline
-from coglens.serve.errors import EngineFailureError, QueueFullError, RequestTimeoutError
 from coglens.serve.metrics import ServeMetrics
-from coglens.serve.scheduler import Scheduler
 
 
 @pytest.fixture()

@@ -6,15 +6,16 @@ answer being written (the request is aborted in the engine) and keeps the sessio
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TextIO
 
-from ..engine import GenerationRequest, SamplingParams
+from ..engine import SamplingParams
 from .boxes import boxed_picture, describe_boxes
 from .session import ChatSession, Turn
 from .transcript import save_transcript
@@ -98,44 +99,26 @@ class ChatRepl:
         return True
 
     def answer(self, query: str) -> Turn:
-        request = self.session.request(query, self.params)
-        self.session.pipe.engine.add(request)  # a prompt too long for the model fails here, before any output
-        self.out.write(ANSWER_PREFIX)
-        self.out.flush()
-        text, finish_reason = self._stream(request)
+        """Write the answer as the engine streams it; Ctrl-C meanwhile aborts it (the engine then ends it with
+        an "abort" event) instead of ending the program."""
+        interrupted = threading.Event()
+        # a prompt too long for the model fails here, before any output
+        events = self.session.pipe.engine.stream(self.session.request(query, self.params), stop=interrupted)
+        parts: list[str] = []
+        finish_reason = None
+        with _interrupt_sets(interrupted), contextlib.closing(events):  # closing: an error mid-answer aborts it
+            self.out.write(ANSWER_PREFIX)
+            self.out.flush()
+            for event in events:
+                self.out.write(event.text)
+                self.out.flush()
+                parts.append(event.text)
+                finish_reason = event.finish_reason
         self._say(" [stopped]" if finish_reason == "abort" else "")
-        turn = self.session.record(query, text, finish_reason)
+        turn = self.session.record(query, "".join(parts), finish_reason)
         if self.grounding:
             self._show_boxes(turn)
         return turn
-
-    def _stream(self, request: GenerationRequest) -> tuple[str, str]:
-        """Step the engine and write the answer as it comes; Ctrl-C meanwhile aborts the request (the engine
-        then ends it with an "abort" event) instead of ending the program."""
-        engine = self.session.pipe.engine
-        interrupted = threading.Event()
-        in_main = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGINT, lambda *_: interrupted.set()) if in_main else None
-        parts: list[str] = []
-        finish_reason = None
-        try:
-            while finish_reason is None:
-                if interrupted.is_set():
-                    engine.abort(request.request_id)
-                engine.step()
-                for event in engine.pop_events(request.request_id):
-                    self.out.write(event.text)
-                    self.out.flush()
-                    parts.append(event.text)
-                    finish_reason = event.finish_reason
-        finally:
-            if finish_reason is None:  # an error mid-answer: take the request out of the batch
-                engine.abort(request.request_id)
-                engine.step()
-            engine.release(request.request_id)
-            if in_main:
-                signal.signal(signal.SIGINT, previous)
-        return "".join(parts), finish_reason
 
     def _switch_media(self, command: str, argument: str) -> None:
         if not argument:
@@ -180,6 +163,20 @@ class ChatRepl:
     def _say(self, text: str) -> None:
         self.out.write(text + "\n")
         self.out.flush()
+
+
+@contextlib.contextmanager
+def _interrupt_sets(event: threading.Event) -> Iterator[None]:
+    """Within the block, Ctrl-C sets ``event`` instead of raising KeyboardInterrupt (signals reach the main
+    thread only: elsewhere this does nothing)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, lambda *_: event.set())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _path_argument(argument: str) -> str:

@@ -2,9 +2,9 @@
 
 Image (or, for CogVLM2-Video, video) upload, streamed answers, template choice, sampling sliders, a clear
 button, and the image with the boxes of a grounding answer drawn. Every browser tab has its own
-:class:`ChatSession`; all of them share one engine through the server's :class:`Scheduler` (one thread steps
-the engine, each handler awaits its own request's events), so the answers of concurrent users are decoded in
-the same batch.
+:class:`ChatSession`; all of them share one engine through its :class:`~coglens.engine.Scheduler` (one thread
+steps the engine, each handler awaits its own request's events), so the answers of concurrent users are decoded
+in the same batch.
 """
 
 from __future__ import annotations
@@ -15,9 +15,7 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
-from ..engine import SamplingParams
-from ..serve.errors import ServeError
-from ..serve.scheduler import Scheduler
+from ..engine import EngineError, SamplingParams, Scheduler
 from .boxes import boxed_picture
 from .session import ChatSession
 
@@ -71,7 +69,7 @@ class ChatHandlers:
             params = SamplingParams(max_new_tokens=int(max_new_tokens), temperature=float(temperature),
                                     do_sample=temperature > 0, top_p=float(top_p), top_k=int(top_k))
             group = self.scheduler.submit([session.request(question, params)], protocol="web")
-        except (ValueError, OSError, ServeError) as exc:  # bad settings, a full queue...
+        except (ValueError, OSError, EngineError) as exc:  # bad settings, a full queue...
             raise gr.Error(str(exc)) from exc
         shown = [*(messages or []), {"role": "user", "content": question}]
         yield session, [*shown, {"role": "assistant", "content": ""}], "", gr.skip()
@@ -81,7 +79,7 @@ class ChatHandlers:
                 answer += event.text
                 finish_reason = event.finish_reason
                 yield session, [*shown, {"role": "assistant", "content": answer}], "", gr.skip()
-        except ServeError as exc:  # refused by the engine (prompt + max new tokens too long...)
+        except (EngineError, ValueError) as exc:  # refused by the engine (prompt + max new tokens too long...)
             error = exc
         finally:
             if finish_reason is None:
@@ -90,7 +88,7 @@ class ChatHandlers:
                     session.record(question, answer, "abort")
         if error is not None:
             yield session, messages or [], question, gr.skip()  # the question back in the box, to edit
-            raise gr.Error(error.message)
+            raise gr.Error(str(error))
         turn = session.record(question, answer, finish_reason)
         picture = session.media.picture if session.media is not None else None
         boxed = boxed_picture(picture, turn.grounding)

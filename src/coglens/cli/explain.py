@@ -50,9 +50,9 @@ def explain(
     _check_selection(layers, "--layers")
     _check_selection(heads, "--heads")
 
-    from ..chat.attention import image_attention, parse_selection
-    from ..chat.heatmap import attention_overlay
     from ..engine import SamplingParams
+    from ..lens.interpret.attention import image_attention, parse_selection
+    from ..lens.interpret.heatmap import attention_overlay
     from ..pipeline import Pipeline
     from ..processing.image import load_image
 

@@ -13,8 +13,7 @@ from typing import Annotated
 
 import typer
 
-from coglens.cli.export import lens_errors_exit
-
+from ._errors import lens_errors_exit
 from ._options import check_input_dir, check_input_file, check_output_file
 
 ConfigOpt = Annotated[
@@ -102,11 +101,11 @@ def extract(
 
     from rich.console import Console
 
-    from coglens.lens.config import load_lens_config
-    from coglens.lens.discovery import write_module_log
-    from coglens.lens.progress import print_summary
-    from coglens.lens.ranks import Ranks
-    from coglens.lens.runner import DEFAULT_RUN_NAME, load_pipeline, run_lens
+    from coglens.lens.run.config import load_lens_config
+    from coglens.lens.run.discovery import write_module_log
+    from coglens.lens.run.progress import print_summary
+    from coglens.lens.run.ranks import Ranks
+    from coglens.lens.run.runner import DEFAULT_RUN_NAME, load_pipeline, run_lens
 
     overrides = {
         "model": model,

@@ -7,8 +7,7 @@ from typing import Annotated
 
 import typer
 
-from coglens.cli.export import check_database_exists, lens_errors_exit
-
+from ._errors import check_database_exists, lens_errors_exit
 from ._options import check_output_file
 
 
@@ -22,7 +21,7 @@ def merge_command(
     if ":/" not in str(out):  # a database URL (which Path has made ':/') is checked when connecting
         check_output_file(out, "OUT")
 
-    from coglens.lens.merge import merge_databases
+    from coglens.lens.store.merge import merge_databases
 
     with lens_errors_exit():
         report = merge_databases(shards, out)

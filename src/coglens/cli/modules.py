@@ -39,8 +39,8 @@ def modules(
 
     from rich.console import Console
 
-    from coglens.lens.discovery import list_modules, write_module_log
-    from coglens.lens.modules import module_table, resolve_modules
+    from coglens.lens.capture.modules import module_table, resolve_modules
+    from coglens.lens.run.discovery import list_modules, write_module_log
     from coglens.pipeline import DEFAULT_TINY_VARIANT, Pipeline
     from coglens.processing import CogvlmProcessor
 

@@ -1,8 +1,9 @@
 """Batched, streaming generation over a KV cache; requests join and leave between decode steps.
 
 The engine is synchronous: ``step()`` runs one decode step for every running request and prefills waiting
-ones. The CLI and the lens drive it directly (``generate`` / ``stream``); the server drives it from one worker
-thread, adding and aborting requests from others (``add`` and ``abort`` are thread-safe).
+ones. The CLI, the terminal chat and the lens drive it directly (``generate`` / ``stream``); the server and the
+web demo drive it through :class:`~coglens.engine.scheduler.Scheduler`, one thread that steps it while others
+add and abort requests (``add`` and ``abort`` are thread-safe).
 """
 
 from __future__ import annotations
@@ -18,16 +19,16 @@ import torch
 
 from ..modeling.modeling_cogvlm import execution_device
 from ..modeling.routing import build_position_ids
-from ..processing.conversation import count_positions
 from .cache import BatchKVCache, pad_mask_left
-from .params import EngineInputError, GenerationRequest, GenerationResult, TokenEvent
+from .context import fit_new_tokens
+from .errors import EngineInputError
+from .params import GenerationRequest, GenerationResult, TokenEvent
 from .sampling import sample_next
 
 
 @dataclass(eq=False)  # identity, not tensor comparison, for `in` and `remove`
 class _Sequence:
     request: GenerationRequest
-    prompt_positions: int
     generator: torch.Generator | None = None
     generated: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
@@ -75,22 +76,8 @@ class Engine:
 
     def add(self, request: GenerationRequest) -> None:
         """Queue a request; it is prefilled at the next step with room in the batch."""
-        positions = count_positions(request.token_type_ids)
-        if positions > self.max_positions:
-            raise EngineInputError(
-                f"the prompt takes {positions} positions but the model has {self.max_positions}; shorten it"
-            )
-        if positions + request.params.max_new_tokens > self.max_positions:
-            raise EngineInputError(
-                f"max_new_tokens={request.params.max_new_tokens} does not fit: the prompt takes {positions} of the "
-                f"model's {self.max_positions} positions, so at most {self.max_positions - positions} can be generated"
-            )
-        seq = _Sequence(request, positions, generator=self._generator(request.params.seed))
-        with self._lock:
-            if request.request_id in self._by_id:
-                raise EngineInputError(f"request id {request.request_id!r} is already running")
-            self._by_id[request.request_id] = seq
-            self._waiting.append(seq)
+        self._check_fits(request)
+        self._enqueue(request)
 
     def abort(self, request_id: str) -> None:
         """Stop a request (e.g. its client went away); it leaves the batch at the next step."""
@@ -115,23 +102,16 @@ class Engine:
         self.stats.max_running = max(self.stats.max_running, len(self._running))
         return events
 
-    def stream(self, request: GenerationRequest) -> Iterator[TokenEvent]:
-        """Run one request to the end, yielding its events as they come (drives the engine itself)."""
-        self.add(request)
-        seq = self._by_id[request.request_id]
-        try:
-            while True:
-                while seq.events:
-                    event = seq.events.popleft()
-                    yield event
-                    if event.finished:
-                        return
-                self.step()
-        finally:
-            if seq.finish_reason is None:
-                self.abort(request.request_id)
-                self.step()  # takes the aborted row out of the batch
-            self.release(request.request_id)
+    def stream(self, request: GenerationRequest, *, stop: threading.Event | None = None) -> Iterator[TokenEvent]:
+        """Run one request to the end, yielding its events as they come (drives the engine itself).
+
+        A request that does not fit the context fails here, before any event; it joins the engine when the
+        iteration starts, so a stream never iterated holds nothing. Setting ``stop`` (from another thread, or from
+        a signal handler: it takes no engine lock) aborts the request before the next step; the stream then ends
+        with an "abort" event. Closing the stream early aborts the request too.
+        """
+        self._check_fits(request)
+        return self._drive(request, stop)
 
     def generate(self, requests: Iterable[GenerationRequest]) -> list[GenerationResult]:
         """Run requests together (batched up to ``max_batch_size``) and return their results in order."""
@@ -151,15 +131,6 @@ class Engine:
         return GenerationResult(request_id, list(seq.generated), seq.text, seq.finish_reason or "abort",
                                 int(seq.request.input_ids.numel()), list(seq.logprobs))
 
-    def pop_events(self, request_id: str) -> list[TokenEvent]:
-        """Events of one request not yet taken (for a driver thread that fans events out)."""
-        seq = self._by_id.get(request_id)
-        if seq is None:
-            return []
-        out = list(seq.events)
-        seq.events.clear()
-        return out
-
     def release(self, request_id: str) -> None:
         """Forget a finished request once its caller has taken its events and result."""
         with self._lock:
@@ -174,6 +145,37 @@ class Engine:
         return len(self._running)
 
     # --- internals ------------------------------------------------------------------------------------
+
+    def _check_fits(self, request: GenerationRequest) -> None:
+        fit_new_tokens(request.token_type_ids, self.max_positions, request.params.max_new_tokens)
+
+    def _enqueue(self, request: GenerationRequest) -> None:
+        seq = _Sequence(request, generator=self._generator(request.params.seed))
+        with self._lock:
+            if request.request_id in self._by_id:
+                raise EngineInputError(f"request id {request.request_id!r} is already running")
+            self._by_id[request.request_id] = seq
+            self._waiting.append(seq)
+
+    def _drive(self, request: GenerationRequest, stop: threading.Event | None) -> Iterator[TokenEvent]:
+        """The stepping loop of :meth:`stream`."""
+        self._enqueue(request)
+        seq = self._by_id[request.request_id]
+        try:
+            while True:
+                while seq.events:
+                    event = seq.events.popleft()
+                    yield event
+                    if event.finished:
+                        return
+                if stop is not None and stop.is_set():
+                    self.abort(request.request_id)
+                self.step()
+        finally:
+            if seq.finish_reason is None:
+                self.abort(request.request_id)
+                self.step()  # takes the aborted row out of the batch
+            self.release(request.request_id)
 
     def _generator(self, seed: int | None) -> torch.Generator:
         gen = torch.Generator(device=self.device)

@@ -8,12 +8,10 @@ from typing import Literal
 
 import torch
 
+from .errors import EngineInputError
+
 FinishReason = Literal["stop", "length", "abort"]
 _ids = itertools.count()
-
-
-class EngineInputError(ValueError):
-    """A request the engine cannot run (too long, bad sampling values...)."""
 
 
 @dataclass

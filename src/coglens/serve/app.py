@@ -17,6 +17,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 
+from ..engine import Scheduler
 from ..modeling.configuration_cogvlm import MODEL_TYPES
 from ..pipeline import Pipeline
 from .access_log import AccessLogMiddleware
@@ -27,7 +28,6 @@ from .media import MediaLoader
 from .metrics import CONTENT_TYPE, ServeMetrics
 from .openai.router import router as openai_router
 from .openai.serving import OpenAIServingChat
-from .scheduler import Scheduler
 from .security import require_api_key
 from .service import GenerationService
 from .settings import ServeSettings

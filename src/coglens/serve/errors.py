@@ -2,8 +2,9 @@
 
 Each protocol package renders a :class:`ServeError` in its own wire shape (OpenAI ``{"error": {...}}``, TGI
 ``{"error", "error_type"}``, Triton ``{"error"}``); :func:`to_serve_error` maps everything else that can
-escape a handler (input errors of the processing and engine layers, pydantic validation) onto one, so a user
-mistake is always a 4xx and never a 500.
+escape a handler (errors of the processing layer, of the engine and its scheduler, pydantic validation) onto
+one, so a user mistake is always a 4xx and never a 500. It is the one place where engine errors get an HTTP
+status.
 """
 
 from __future__ import annotations
@@ -14,7 +15,15 @@ from typing import Any, ClassVar
 
 from pydantic import ValidationError
 
-from ..engine import EngineInputError
+from ..engine.errors import (
+    ContextLengthExceededError,
+    EngineError,
+    EngineFailureError,
+    EngineInputError,
+    QueueFullError,
+    RequestAbortedError,
+    RequestTimeoutError,
+)
 from ..processing.errors import ContextLengthError, ImageTooLargeError, ProcessingError
 from .limits import ServeLimits
 
@@ -79,7 +88,7 @@ class MediaFetchError(ServeError):
     kind = "media_fetch"
 
 
-class QueueFullError(ServeError):
+class OverloadedError(ServeError):
     status_code = 429
     kind = "overloaded"
 
@@ -91,19 +100,27 @@ class ClientClosedError(ServeError):
     kind = "client_closed"
 
 
-class EngineFailureError(ServeError):
+class InternalServerError(ServeError):
     status_code = 500
     kind = "internal"
 
 
-class ShuttingDownError(ServeError):
+class UnavailableError(ServeError):
     status_code = 503
     kind = "unavailable"
 
 
-class RequestTimeoutError(ServeError):
+class TimedOutError(ServeError):
     status_code = 504
     kind = "timeout"
+
+
+_ENGINE_ERRORS: dict[type[EngineError], type[ServeError]] = {
+    QueueFullError: OverloadedError,
+    EngineFailureError: InternalServerError,
+    RequestAbortedError: UnavailableError,
+    RequestTimeoutError: TimedOutError,
+}
 
 
 def limit_error(what: str, limit_name: str, allowed: str, *, param: str | None = None) -> LimitExceededError:
@@ -124,10 +141,15 @@ def to_serve_error(exc: BaseException) -> ServeError:
         return LimitExceededError(str(exc), code="max_image_pixels")
     if isinstance(exc, ContextLengthError):
         return InvalidRequestError(str(exc), code="context_length_exceeded")
+    if isinstance(exc, ContextLengthExceededError):
+        return InvalidRequestError(str(exc), param=exc.param, code="context_length_exceeded")
     if isinstance(exc, (EngineInputError, ProcessingError)):
         return InvalidRequestError(str(exc))
+    for engine_error, serve_error in _ENGINE_ERRORS.items():
+        if isinstance(exc, engine_error):
+            return serve_error(str(exc))
     logger.error("unexpected error while serving a request", exc_info=exc)
-    return EngineFailureError(f"internal server error ({type(exc).__name__}); the server log has the details")
+    return InternalServerError(f"internal server error ({type(exc).__name__}); the server log has the details")
 
 
 def describe_validation_error(exc: ValidationError) -> tuple[str, str | None]:

@@ -49,7 +49,7 @@ class ServeMetrics:
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
-    # --- SchedulerMetrics -------------------------------------------------------------------------
+    # --- coglens.engine.SchedulerMetrics -------------------------------------------------------------
 
     def observe_step(self, batch_size: int, waiting: int, running: int) -> None:
         if batch_size:

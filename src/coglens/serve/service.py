@@ -26,14 +26,13 @@ from typing import Any
 import anyio.to_thread
 import torch
 
-from ..engine import GenerationRequest, SamplingParams
-from ..processing.conversation import build_conversation_input_ids, count_positions
+from ..engine import GenerationRequest, RequestGroup, SamplingParams, Scheduler, fit_new_tokens
+from ..processing.conversation import build_conversation_input_ids
 from ..processing.template import TEMPLATE_VERSIONS
 from .conversation import Conversation, MediaRef
 from .errors import InvalidRequestError, ModelNotFoundError, UnsupportedInputError, limit_error
 from .limits import ServeLimits
 from .media import MediaLoader
-from .scheduler import RequestGroup, Scheduler
 
 MIN_TEMPERATURE = 1e-5  # below this, sampling is greedy decoding (vLLM draws the same line)
 
@@ -45,7 +44,6 @@ class PreparedPrompt:
     input_ids: torch.Tensor
     token_type_ids: torch.Tensor
     images: list[torch.Tensor]
-    positions: int  # rotary positions the prompt occupies (an image takes 3, whatever its token count)
     text: str  # what the client wrote as the prompt (echoed by vLLM's /generate)
 
     @property
@@ -113,24 +111,11 @@ class GenerationService:
         if ids.numel() > self.limits.max_prompt_tokens:
             raise limit_error(f"the prompt is {ids.numel()} tokens (images included)", "max_prompt_tokens",
                               f"{self.limits.max_prompt_tokens} tokens")
-        return PreparedPrompt(ids, types, list(inputs["images"] or []), count_positions(types),
-                              conversation.prompt_text)
+        return PreparedPrompt(ids, types, list(inputs["images"] or []), conversation.prompt_text)
 
     def fit_max_tokens(self, prompt: PreparedPrompt, requested: int | None, *, param: str) -> int:
         """``requested`` new tokens if they fit the model's context, else a 400 naming ``param``; None = all room."""
-        room = int(self.config.max_position_embeddings) - prompt.positions
-        if room < 1:
-            raise InvalidRequestError(
-                f"the prompt takes {prompt.positions} positions, the whole context of the model "
-                f"({self.config.max_position_embeddings}); shorten it", code="context_length_exceeded")
-        if requested is None:
-            return room
-        if requested > room:
-            raise InvalidRequestError(
-                f"{param}={requested} is too many: the prompt takes {prompt.positions} of the model's "
-                f"{self.config.max_position_embeddings} positions, so at most {room} new tokens fit",
-                param=param, code="context_length_exceeded")
-        return requested
+        return fit_new_tokens(prompt.token_type_ids, int(self.config.max_position_embeddings), requested, param=param)
 
     def submit(self, prompt: PreparedPrompt, params: SamplingParams, *, n: int = 1, protocol: str) -> RequestGroup:
         """Queue ``n`` choices of ``prompt`` (seeded choices get seeds ``seed, seed+1, ...``)."""

@@ -7,10 +7,10 @@ from collections.abc import AsyncIterator
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
+from ...engine import RequestGroup
 from ..conversation import completion_prompt
 from ..errors import ServeError, to_serve_error
 from ..http import EventStreamResponse, sse
-from ..scheduler import RequestGroup
 from ..service import Completion, GenerationService, PreparedPrompt
 from .protocol import (
     DEFAULT_MAX_NEW_TOKENS,
