@@ -7,9 +7,9 @@ tested one; ``--newer`` prints the releases above the range (test them, then wid
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 from packaging.requirements import Requirement
@@ -17,8 +17,9 @@ from packaging.version import Version
 
 
 def declared() -> Requirement:
-    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
-    return next(Requirement(d) for d in project["dependencies"] if Requirement(d).name == "transformers")
+    """The transformers requirement of pyproject.toml's dependencies (a regex: tomllib needs Python 3.11)."""
+    text = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    return Requirement(re.search(r'^\s*"(transformers[<>=!~,.\d\s]+)"', text, re.M).group(1))
 
 
 def released() -> list[Version]:
