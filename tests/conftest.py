@@ -1,33 +1,58 @@
-"""Shared fixtures: where the parity fixtures live, and loaded tiny reference models."""
+"""Shared fixtures: the built-in tiny pipelines loaded once, a session cache for tiny checkpoints, PostgreSQL schemas.
+
+Helpers that are functions rather than fixtures (the parity fixtures' folders, goldens and models, checkpoint
+copies, the CLI run in this process) are in ``testkit.py``.
+"""
 
 from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
-from parity_paths import PARITY_DIR
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+if TYPE_CHECKING:
+    from coglens.pipeline import Pipeline
 
-FIXTURES = PARITY_DIR
-PARITY_SETS = ("cogvlm", "cogvlm2", "cogvlm2-video")
-
-
-@pytest.fixture(scope="session")
-def fixtures_dir() -> Path:
-    if not FIXTURES.is_dir():
-        pytest.fail(f"parity fixtures not found at {FIXTURES}")
-    return FIXTURES
+torch.set_num_threads(int(os.environ.get("XTHREADS", "0")) or max(1, min(2, os.cpu_count() or 1)))
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Tiny checkpoints built by tests go to a session temp dir, never the user's cache."""
     os.environ.setdefault("COGLENS_CACHE", str(tmp_path_factory.mktemp("coglens-cache")))
+
+
+@pytest.fixture(scope="session")
+def tiny_pipelines() -> Callable[..., Pipeline]:
+    """``tiny_pipelines(variant="cogvlm2", device="cpu")``: the built-in tiny checkpoint as a Pipeline, loaded once
+    per session and device (``device=None``: the commands' default, CUDA when present, so what a ``coglens``
+    process computes).
+
+    Shared: use it read-only (ask, stream, build inputs, forward passes, hooks that are removed again). A test that
+    changes the weights or dtype, checks the engine's statistics, or hands the engine to a scheduler it may leave
+    busy loads a Pipeline of its own.
+    """
+    from coglens.pipeline import Pipeline, pick_device
+
+    loaded: dict[tuple[str, str], Pipeline] = {}
+
+    def load(variant: str = "cogvlm2", device: str | None = "cpu") -> Pipeline:
+        key = (variant, str(pick_device(device)))  # "cpu" and None are one model on a machine without a GPU
+        if key not in loaded:
+            loaded[key] = Pipeline.load(f"tiny:{variant}", device=device)
+        return loaded[key]
+
+    return load
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tiny_pipelines: Callable[..., Pipeline]) -> Pipeline:
+    """The built-in tiny CogVLM2 on the CPU, loaded once (read-only: see ``tiny_pipelines``)."""
+    return tiny_pipelines("cogvlm2")
 
 
 def _postgres_url() -> str:

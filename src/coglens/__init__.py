@@ -10,45 +10,18 @@ import importlib
 import importlib.abc
 import importlib.util
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from .modeling import (
-        Cogvlm2Config,
-        Cogvlm2VideoConfig,
-        CogvlmConfig,
-        CogvlmForCausalLM,
-        CogvlmModel,
-        CogvlmVisionConfig,
-        register_auto_classes,
-    )
-    from .processing import CogvlmImageProcessor, CogvlmProcessor
+from ._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
-# public name -> the subpackage that defines it (imported on first use)
-_LAZY = {
-    **dict.fromkeys(("Cogvlm2Config", "Cogvlm2VideoConfig", "CogvlmConfig", "CogvlmForCausalLM", "CogvlmModel",
-                     "CogvlmVisionConfig", "register_auto_classes"), "modeling"),
-    **dict.fromkeys(("CogvlmImageProcessor", "CogvlmProcessor"), "processing"),
-}
-
-__all__ = [
-    "Cogvlm2Config", "Cogvlm2VideoConfig", "CogvlmConfig", "CogvlmForCausalLM", "CogvlmImageProcessor",
-    "CogvlmModel", "CogvlmProcessor", "CogvlmVisionConfig", "__version__", "register_auto_classes",
-]
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-        globals()[name] = value  # later lookups skip this function
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__, _lazy_names = lazy_exports(__name__, {
+    ".modeling": ("Cogvlm2Config", "Cogvlm2VideoConfig", "CogvlmConfig", "CogvlmForCausalLM", "CogvlmModel",
+                  "CogvlmVisionConfig", "register_auto_classes"),
+    ".processing": ("CogvlmImageProcessor", "CogvlmProcessor"),
+})
+__all__ = [*_lazy_names, "__version__"]
 
 
 # Auto-class registration. ``import coglens`` has always made transformers' AutoConfig / AutoModelForCausalLM

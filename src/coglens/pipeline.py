@@ -16,10 +16,9 @@ import torch
 from .engine import Engine, GenerationRequest, GenerationResult, SamplingParams, TokenEvent
 from .hub import resolve_checkpoint
 from .modeling import CogvlmForCausalLM
+from .tiny.variants import DEFAULT_TINY_MODEL, DEFAULT_TINY_VARIANT, TINY_PREFIX
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_TINY_VARIANT = "cogvlm2"
 
 
 def pick_device(device: str | None, *, cuda_index: int | None = None) -> torch.device:
@@ -47,10 +46,10 @@ def resolve_model_path(model: str | Path | None, variant: str = DEFAULT_TINY_VAR
         from .tiny import tiny_model_path
 
         return tiny_model_path(variant)
-    if str(model).startswith("tiny:"):
+    if str(model).startswith(TINY_PREFIX):
         from .tiny import tiny_model_path
 
-        return tiny_model_path(str(model).removeprefix("tiny:"))
+        return tiny_model_path(str(model).removeprefix(TINY_PREFIX))
     return resolve_checkpoint(model)
 
 
@@ -126,4 +125,4 @@ class Pipeline:
         return self.engine.generate([self.request(query, params=params, **input_options)])[0]
 
 
-__all__ = ["DEFAULT_TINY_VARIANT", "Pipeline", "pick_device", "resolve_model_path"]
+__all__ = ["DEFAULT_TINY_MODEL", "DEFAULT_TINY_VARIANT", "Pipeline", "pick_device", "resolve_model_path"]

@@ -10,7 +10,6 @@ from PIL import Image, ImageChops
 
 from coglens.engine import SamplingParams
 from coglens.grounding import draw_boxes, parse_boxes
-from coglens.pipeline import Pipeline
 
 PROMPT = "You: "
 
@@ -37,7 +36,7 @@ def finish(child: pexpect.spawn) -> int:
     return child.exitstatus
 
 
-def test_chat_session_history_commands_and_errors(scene_image, tmp_path):
+def test_chat_session_history_commands_and_errors(scene_image, tmp_path, tiny_pipelines):
     other = tmp_path / "other.png"
     Image.new("RGB", (50, 40), (10, 200, 30)).save(other)
     transcript = tmp_path / "chat.json"
@@ -74,7 +73,7 @@ def test_chat_session_history_commands_and_errors(scene_image, tmp_path):
     assert all(t["finish_reason"] == "length" for t in turns)
 
     # the same prompts in-process give the same greedy answers: history was kept, then dropped as asked
-    pipe = Pipeline.load("tiny:cogvlm2")
+    pipe = tiny_pipelines("cogvlm2", device=None)  # the device `coglens chat` picks
     params = SamplingParams(max_new_tokens=12)
     expected = [
         pipe.ask("What is in the image?", images=[scene_image], params=params).text,

@@ -14,8 +14,8 @@ PARAMS = SamplingParams(max_new_tokens=4)
 
 
 @pytest.fixture(scope="module")
-def pipe() -> Pipeline:
-    return Pipeline.load("tiny:cogvlm2")
+def pipe(tiny_pipelines) -> Pipeline:
+    return tiny_pipelines("cogvlm2", device=None)
 
 
 @pytest.fixture(scope="module")
@@ -78,12 +78,12 @@ def test_grounding_answers_are_parsed_when_recorded(pipe):
     assert len(turn.grounding.errors) == 1
 
 
-def test_media_that_does_not_fit_the_model_is_refused(pipe, tmp_path):
+def test_media_that_does_not_fit_the_model_is_refused(pipe, tmp_path, tiny_pipelines):
     session = ChatSession(pipe)
     with pytest.raises(ChatMediaError, match="image model"):
         session.load_video(tmp_path / "clip.mp4")
     with pytest.raises(ChatMediaError, match="no history"):
         ChatSession(pipe, template="base", multi_image=True)
-    video_session = ChatSession(Pipeline.load("tiny:cogvlm2-video"))
+    video_session = ChatSession(tiny_pipelines("cogvlm2-video", device=None))
     with pytest.raises(ChatMediaError, match="video model"):
         video_session.load_image(Image.new("RGB", (8, 8)))

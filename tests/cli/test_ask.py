@@ -1,40 +1,30 @@
-"""`coglens ask` end to end through the installed console script, and its clear errors for bad input."""
+"""`coglens ask` end to end through the console script's entry point (run in this process: testkit.run_cli), and
+its clear errors for bad input."""
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
+from testkit import copy_checkpoint, run_cli
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples/images/red_circle.png"
 
 
-def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    exe = shutil.which("coglens") or sys.executable
-    cmd = [exe, *args] if exe.endswith("coglens") else [exe, "-m", "coglens.cli.main", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
-
-
 def test_ask_streams_an_answer_with_the_tiny_model():
-    out = run("ask", "--image", str(EXAMPLE), "What colour is the circle?", "--max-new-tokens", "6")
+    out = run_cli("ask", "--image", str(EXAMPLE), "What colour is the circle?", "--max-new-tokens", "6")
     assert out.returncode == 0, out.stderr
     assert "built-in tiny cogvlm2 model" in out.stderr and "meaningless" in out.stderr
     assert out.stdout.strip()
 
 
-def test_ask_same_answer_as_the_pipeline():
+def test_ask_same_answer_as_the_pipeline(tiny_pipelines):
     from coglens.engine import SamplingParams
-    from coglens.pipeline import Pipeline
 
-    expected = Pipeline.load("tiny:cogvlm", device="cpu").ask(
+    expected = tiny_pipelines("cogvlm").ask(
         "Describe it.", images=[str(EXAMPLE)], params=SamplingParams(max_new_tokens=8)).text
-    out = run("ask", "--model", "tiny:cogvlm", "--image", str(EXAMPLE), "Describe it.", "--max-new-tokens", "8")
+    out = run_cli("ask", "--model", "tiny:cogvlm", "--image", str(EXAMPLE), "Describe it.", "--max-new-tokens", "8")
     assert out.returncode == 0, out.stderr
     assert out.stdout == expected + "\n"
 
@@ -45,7 +35,7 @@ def test_ask_same_answer_as_the_pipeline():
 ])
 def test_ask_bad_image_is_one_clear_line(tmp_path, make, needle):
     path = make(tmp_path)
-    out = run("ask", "--image", str(path), "hi")
+    out = run_cli("ask", "--image", str(path), "hi")
     assert out.returncode == 1
     assert out.stderr.strip().splitlines()[-1].startswith("error:") and needle in out.stderr
     assert "Traceback" not in out.stderr
@@ -54,24 +44,24 @@ def test_ask_bad_image_is_one_clear_line(tmp_path, make, needle):
 def test_ask_refuses_a_decompression_bomb(tmp_path):
     big = tmp_path / "big.png"
     Image.new("1", (20_000, 20_000)).save(big)  # tiny file, 400 megapixels once decoded
-    out = run("ask", "--image", str(big), "hi")
+    out = run_cli("ask", "--image", str(big), "hi")
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert "pixels" in out.stderr.lower()
 
 
 def test_ask_prompt_longer_than_the_context(tmp_path):
-    out = run("ask", "word " * 5000, "--max-new-tokens", "4")
+    out = run_cli("ask", "word " * 5000, "--max-new-tokens", "4")
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert "positions" in out.stderr
 
 
 def test_ask_image_given_to_a_video_model():
-    out = run("ask", "--model", "tiny:cogvlm2-video", "--image", str(EXAMPLE), "hi")
+    out = run_cli("ask", "--model", "tiny:cogvlm2-video", "--image", str(EXAMPLE), "hi")
     assert out.returncode == 1 and "--video" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_ask_on_a_folder_that_is_not_a_checkpoint(tmp_path):
-    out = run("ask", "--model", str(tmp_path), "hi")
+    out = run_cli("ask", "--model", str(tmp_path), "hi")
     assert out.returncode == 1 and "not a CogVLM checkpoint" in out.stderr and "Traceback" not in out.stderr
 
 
@@ -81,17 +71,15 @@ def test_ask_tokenizer_that_does_not_fit_the_embedding(tmp_path):
 
     from coglens.tiny import tiny_model_path
 
-    folder = tmp_path / "ckpt"
-    shutil.copytree(tiny_model_path("cogvlm2"), folder)
+    folder = copy_checkpoint(tiny_model_path("cogvlm2"), tmp_path / "ckpt",
+                             config=lambda cfg: cfg.update(vocab_size=100, bos_token_id=1, eos_token_id=2,
+                                                           pad_token_id=0))
     for shard in folder.glob("*.safetensors"):
         state = load_file(shard)
         for key in ("model.embed_tokens.weight", "lm_head.weight"):
             if key in state:
                 state[key] = state[key][:100].contiguous()
         save_file(state, shard, metadata={"format": "pt"})
-    cfg = json.loads((folder / "config.json").read_text())
-    cfg.update(vocab_size=100, bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    (folder / "config.json").write_text(json.dumps(cfg))
-    out = run("ask", "--model", str(folder), "hi")
+    out = run_cli("ask", "--model", str(folder), "hi")
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert "100" in out.stderr and "vocab" in out.stderr.lower()

@@ -1,21 +1,14 @@
-"""`coglens ask --video` on the tiny CogVLM2-Video: same greedy answer as the pipeline, clear errors."""
+"""`coglens ask --video` on the tiny CogVLM2-Video: same greedy answer as the pipeline, clear errors (the command
+run in this process through its entry point: testkit.run_cli)."""
 
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import sys
 
 import av
 import numpy as np
 import pytest
-
-
-def run(*args: str) -> subprocess.CompletedProcess:
-    exe = shutil.which("coglens")
-    cmd = [exe, *args] if exe else [sys.executable, "-m", "coglens.cli.main", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ))
+from testkit import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -32,16 +25,16 @@ def clip(tmp_path_factory):
     return path
 
 
-def test_ask_video_equals_the_engine(clip):
+def test_ask_video_equals_the_engine(clip, tiny_pipelines):
     from coglens.engine import SamplingParams
-    from coglens.pipeline import Pipeline
     from coglens.processing.video import load_video
 
-    pipe = Pipeline.load("tiny:cogvlm2-video", device="cpu")
+    pipe = tiny_pipelines("cogvlm2-video")
     frames = load_video(clip, image_size=pipe.config.vision_config.image_size)
     assert frames.indices == (0, 4, 8, 12, 16, 19)  # last start 4.75 s rounds to 5: seconds 0..5
     expected = pipe.ask("What happens?", images=[frames.frames], params=SamplingParams(max_new_tokens=8)).text
-    out = run("ask", "--model", "tiny:cogvlm2-video", "--video", str(clip), "What happens?", "--max-new-tokens", "8")
+    out = run_cli("ask", "--model", "tiny:cogvlm2-video", "--video", str(clip), "What happens?",
+                  "--max-new-tokens", "8")
     assert out.returncode == 0, out.stderr
     assert out.stdout == expected + "\n"
 
@@ -69,11 +62,11 @@ def _audio_only(path):
     (lambda p: _audio_only(p / "audio.m4a"), "audio"),
 ])
 def test_ask_bad_videos_are_clear_errors(tmp_path, make, needle):
-    out = run("ask", "--model", "tiny:cogvlm2-video", "--video", str(make(tmp_path)), "hi")
+    out = run_cli("ask", "--model", "tiny:cogvlm2-video", "--video", str(make(tmp_path)), "hi")
     assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
     assert out.stderr.strip().splitlines()[-1].startswith("error:") and needle in out.stderr.lower()
 
 
 def test_ask_video_on_an_image_model(clip):
-    out = run("ask", "--video", str(clip), "hi")
+    out = run_cli("ask", "--video", str(clip), "hi")
     assert out.returncode == 1 and "CogVLM2-Video" in out.stderr

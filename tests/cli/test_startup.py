@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from testkit import coglens_command
 
 HEAVY = ("torch", "transformers", "fastapi", "gradio", "uvicorn", "safetensors", "sqlalchemy", "numpy")
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples/images/red_circle.png"
@@ -30,12 +31,6 @@ def loaded_after(code: str) -> list[str]:
     out = python(f"import json, sys\n{code}\nprint(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))")
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.splitlines()[-1])
-
-
-def coglens_command() -> list[str]:
-    """The installed console script next to this interpreter, else ``python -m coglens.cli.main``."""
-    script = Path(sys.executable).with_name("coglens")
-    return [str(script)] if script.is_file() else [sys.executable, "-m", "coglens.cli.main"]
 
 
 def test_building_the_cli_imports_nothing_heavy():
@@ -161,24 +156,3 @@ def test_bad_options_fail_before_anything_heavy_loads(tmp_path):
         assert all(word in stderr or word in out.stderr for word in words), what
         assert took < 30, what  # no model load; a generous bound for a busy machine
 
-
-def test_names_repeated_in_the_cli_match_the_library():
-    """The CLI repeats a few names to avoid importing torch; they must stay those of the library."""
-    from types import SimpleNamespace
-    from typing import get_args
-
-    from coglens.cli._options import DTYPE_NAMES, TEMPLATES, VideoStrategy
-    from coglens.cli.export import EXPORT_SUFFIXES
-    from coglens.cli.tiny import TINY_VARIANT_NAMES
-    from coglens.lens.store.export import FORMATS_BY_SUFFIX
-    from coglens.modeling.loading import resolve_dtype
-    from coglens.processing.template import TEMPLATE_VERSIONS
-    from coglens.processing.video.sampling import SamplingStrategy
-    from coglens.tiny import TINY_VARIANTS
-
-    assert sorted(TEMPLATES) == sorted(TEMPLATE_VERSIONS)
-    assert sorted(get_args(VideoStrategy)) == sorted(get_args(SamplingStrategy))
-    assert TINY_VARIANT_NAMES == TINY_VARIANTS
-    assert sorted(EXPORT_SUFFIXES) == sorted(FORMATS_BY_SUFFIX)
-    for name in DTYPE_NAMES:
-        resolve_dtype(name, SimpleNamespace(dtype=None))  # raises for a name the loader refuses

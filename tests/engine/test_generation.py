@@ -15,8 +15,8 @@ IMAGE = "examples/images/red_circle.png"
 
 
 @pytest.fixture(scope="module")
-def pipe() -> Pipeline:
-    return Pipeline.load("tiny:cogvlm2", device="cpu")
+def pipe(tiny_pipeline: Pipeline) -> Pipeline:
+    return tiny_pipeline
 
 
 def _prompt(pipe, query="What is in the image?", image=True):
@@ -177,9 +177,9 @@ def test_engine_stream_stops_when_asked_and_refuses_before_any_event(pipe):
 
 
 @pytest.mark.parametrize("variant", ["cogvlm", "cogvlm2"])
-def test_incremental_text_equals_decoding_the_whole_answer(variant):
+def test_incremental_text_equals_decoding_the_whole_answer(variant, tiny_pipelines):
     """The engine detokenises a short window per token; the result must equal decoding all tokens at once."""
-    pipe = Pipeline.load(f"tiny:{variant}", device="cpu")
+    pipe = tiny_pipelines(variant)
     params = SamplingParams(max_new_tokens=120, do_sample=True, temperature=1.5, seed=3, ignore_eos=True)
     events = list(pipe.stream("Tell me a long story.", params=params))
     ids = [e.token_id for e in events]

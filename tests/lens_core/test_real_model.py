@@ -5,23 +5,22 @@ from __future__ import annotations
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from testkit import load_goldens, load_parity_model
 
 from coglens.lens.capture.modules import ModuleEntry, describe_modules, resolve_modules
 from coglens.lens.capture.trace import Trace, token_reducer
-from coglens.modeling import CogvlmForCausalLM
 
 TOL = {"atol": 1e-4, "rtol": 1e-4}
 
 
 @pytest.fixture(scope="module")
-def goldens(fixtures_dir):
-    return load_file(fixtures_dir / "cogvlm2-tiny-goldens/goldens.safetensors")
+def goldens():
+    return load_goldens("cogvlm2")
 
 
 @pytest.fixture(scope="module")
-def model(fixtures_dir):
-    return CogvlmForCausalLM.from_pretrained(fixtures_dir / "cogvlm2-tiny", torch_dtype=torch.float32).eval()
+def model():
+    return load_parity_model("cogvlm2").eval()
 
 
 def _inputs(g, case):

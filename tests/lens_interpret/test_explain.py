@@ -18,8 +18,8 @@ from coglens.pipeline import Pipeline
 
 
 @pytest.fixture(scope="module")
-def pipe() -> Pipeline:
-    return Pipeline.load("tiny:cogvlm2")
+def pipe(tiny_pipelines) -> Pipeline:
+    return tiny_pipelines("cogvlm2", device=None)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Fixtures for the lens runner: the tiny model loaded once, config building, a PostgreSQL schema per test."""
+"""Fixtures for the lens runner: config building (the tiny pipeline and PostgreSQL schemas are tests/conftest.py's)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,6 @@ import pytest
 import yaml
 
 from coglens.lens.run.config import LensConfig, load_lens_config
-from coglens.pipeline import Pipeline
-
-
-@pytest.fixture(scope="session")
-def tiny() -> Pipeline:
-    """The built-in tiny CogVLM2 on the CPU, shared by every in-process run."""
-    return Pipeline.load("tiny:cogvlm2", device="cpu")
 
 
 @pytest.fixture

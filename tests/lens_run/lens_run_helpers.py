@@ -1,13 +1,11 @@
-"""Paths, the command line, and reading a whole lens database back to compare runs row by row."""
+"""Paths, commands run as processes of their own, and reading a whole lens database back to compare runs row by row."""
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
-import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -41,12 +39,6 @@ def run_command(*cmd: str, cwd: Path = REPO, timeout: float = 180, **env: str) -
         process.communicate()
         raise
     return subprocess.CompletedProcess(cmd, process.returncode, stdout, stderr)
-
-
-def run_coglens(*args: str, **options: Any) -> subprocess.CompletedProcess:
-    """The installed console script (or ``python -m coglens.cli.main``) with `args`."""
-    exe = shutil.which("coglens")
-    return run_command(*([exe] if exe else [sys.executable, "-m", "coglens.cli.main"]), *args, **options)
 
 
 def stored_rows(target: str | Path, run: str | None = None) -> dict[RowKey, np.ndarray]:

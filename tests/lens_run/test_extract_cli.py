@@ -1,12 +1,13 @@
-"""`coglens extract`, `python -m coglens.lens` and `coglens modules` as users run them."""
+"""`coglens extract`, `python -m coglens.lens` and `coglens modules` as users run them (in this process, through
+their entry points: testkit.run_cli)."""
 
 from __future__ import annotations
 
 import re
-import sys
 
 import yaml
-from lens_run_helpers import DEMO_CONFIG, REPO, run_coglens, run_command
+from lens_run_helpers import DEMO_CONFIG, REPO
+from testkit import run_cli
 from typer.testing import CliRunner
 
 import coglens.lens
@@ -16,7 +17,7 @@ from coglens.lens.run.config import load_lens_config
 
 def test_readme_command_prints_what_it_stored(tmp_path):
     db = tmp_path / "demo.db"
-    out = run_coglens("extract", "--config", str(DEMO_CONFIG), "--output", str(db), "--batch-size", "3")
+    out = run_cli("extract", "--config", str(DEMO_CONFIG), "--output", str(db), "--batch-size", "3", cwd=REPO)
     assert out.returncode == 0, out.stderr
     text = " ".join(out.stdout.split())
     for expected in (
@@ -43,7 +44,7 @@ def test_readme_command_prints_what_it_stored(tmp_path):
 def test_module_log_from_a_vlm_lens_config_through_python_m(tmp_path):
     config = yaml.safe_load(DEMO_CONFIG.read_text())
     (tmp_path / "log.yaml").write_text(yaml.safe_dump({**config, "log_named_modules": True}))
-    out = run_command(sys.executable, "-m", "coglens.lens", "--config", "log.yaml", cwd=tmp_path)
+    out = run_cli("--config", "log.yaml", module="coglens.lens", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     names = (tmp_path / "logs/tiny-cogvlm2.txt").read_text().splitlines()
     assert names[0] == "" and "model.layers.0.mlp" in names and "model.vision.conv" in names  # root first
@@ -52,13 +53,13 @@ def test_module_log_from_a_vlm_lens_config_through_python_m(tmp_path):
 
 def test_extract_errors_are_one_line_and_no_database(tmp_path):
     db = tmp_path / "x.db"
-    out = run_coglens("extract", "--config", str(DEMO_CONFIG), "-o", str(db), "-M", "model.layer.1", cwd=REPO)
+    out = run_cli("extract", "--config", str(DEMO_CONFIG), "-o", str(db), "-M", "model.layer.1", cwd=REPO)
     assert out.returncode == 1
     assert out.stderr.count("error:") == 1 and "'model.layer.1': closest names: model.layers.1" in out.stderr
     assert not db.exists()
 
 
-def test_modules_lists_dry_run_outputs_and_writes_the_log(tmp_path, tiny):
+def test_modules_lists_dry_run_outputs_and_writes_the_log(tmp_path, tiny_pipeline):
     result = CliRunner().invoke(
         app, ["modules", "--match", r"model\.layers\.1|model\.vision", "--log", "--logs-dir", str(tmp_path)]
     )
@@ -67,9 +68,9 @@ def test_modules_lists_dry_run_outputs_and_writes_the_log(tmp_path, tiny):
     assert sorted(rows) == ["model.layers.1", "model.vision"]
     # bos, the image's 6 tokens (boi, 2x2 patches, eoi), then the chat template's text
     length = (
-        1 + 6 + len(tiny.tokenizer.encode("Question: Describe this image. Answer:", add_special_tokens=False))
+        1 + 6 + len(tiny_pipeline.tokenizer.encode("Question: Describe this image. Answer:", add_special_tokens=False))
     )
-    assert "CogVLMDecoderLayer" in rows["model.layers.1"]
+    assert "CogvlmDecoderLayer" in rows["model.layers.1"]
     assert f"Tensor[1, {length}, 64] float32 │" in rows["model.layers.1"]
     assert "EVA2CLIPModel" in rows["model.vision"] and "Tensor[1, 6, 64] float32" in rows["model.vision"]
     logged = (tmp_path / "tiny-cogvlm2.txt").read_text().splitlines()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from testkit import load_goldens, load_parity_model
 
 import coglens.lens
 from coglens.lens.capture.batch import BatchCapturer
@@ -13,19 +13,18 @@ from coglens.lens.capture.modules import ModuleEntry, resolve_modules
 from coglens.lens.capture.select import TokenSpec
 from coglens.lens.run.inputs import LensSample
 from coglens.lens.store.coglens_db import LensStore
-from coglens.modeling import CogvlmForCausalLM
 
 TOL = {"atol": 1e-4, "rtol": 1e-4}
 
 
 @pytest.fixture(scope="module")
-def goldens(fixtures_dir):
-    return load_file(fixtures_dir / "cogvlm2-tiny-goldens/goldens.safetensors")
+def goldens():
+    return load_goldens("cogvlm2")
 
 
 @pytest.fixture(scope="module")
-def model(fixtures_dir):
-    return CogvlmForCausalLM.from_pretrained(fixtures_dir / "cogvlm2-tiny", torch_dtype=torch.float32)
+def model():
+    return load_parity_model("cogvlm2")
 
 
 def _case(g, case: str) -> dict:

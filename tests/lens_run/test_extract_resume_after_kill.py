@@ -49,7 +49,7 @@ def _wait_for_samples(db, process: subprocess.Popen, at_least: int, timeout: flo
     raise AssertionError(f"the run wrote fewer than {at_least} samples (exit code {process.poll()})")
 
 
-def test_sigkill_mid_run_then_resume_equals_a_clean_run(tmp_path, tiny):
+def test_sigkill_mid_run_then_resume_equals_a_clean_run(tmp_path, tiny_pipeline):
     images = sorted(EXAMPLES.iterdir())
     rows = [
         {
@@ -93,10 +93,10 @@ def test_sigkill_mid_run_then_resume_equals_a_clean_run(tmp_path, tiny):
         assert db.runs()["status"].tolist() == ["running"]  # nobody marked the killed run
 
     config = load_lens_config(config_file)
-    summary = run_lens(config, pipeline=tiny, default_run_name="lens", show_progress=False)
+    summary = run_lens(config, pipeline=tiny_pipeline, default_run_name="lens", show_progress=False)
     assert (summary.samples_resumed, summary.samples_written) == (stored, SAMPLES - stored)
     clean = load_lens_config(config_file, {"output": str(tmp_path / "clean.db")})
-    run_lens(clean, pipeline=tiny, default_run_name="lens", show_progress=False)
+    run_lens(clean, pipeline=tiny_pipeline, default_run_name="lens", show_progress=False)
     assert_same_rows(stored_rows(tmp_path / "killed.db"), stored_rows(tmp_path / "clean.db"))
     with coglens.lens.open(tmp_path / "killed.db") as db:
         runs = db.runs()

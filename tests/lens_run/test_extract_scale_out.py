@@ -54,13 +54,13 @@ def _torchrun(config_path, *extra: str):
     )
 
 
-def _one_process_rows(tmp_path, tiny, config_path):
+def _one_process_rows(tmp_path, tiny_pipeline, config_path):
     single = load_lens_config(config_path, {"output": str(tmp_path / "single.db")})
-    run_lens(single, pipeline=tiny, default_run_name="lens", show_progress=False)
+    run_lens(single, pipeline=tiny_pipeline, default_run_name="lens", show_progress=False)
     return stored_rows(tmp_path / "single.db")
 
 
-def test_two_ranks_write_shards_that_merge_into_the_one_process_rows(tmp_path, tiny):
+def test_two_ranks_write_shards_that_merge_into_the_one_process_rows(tmp_path, tiny_pipeline):
     config_path = _config(tmp_path, str(tmp_path / "out.db"))
     out = _torchrun(config_path)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -70,11 +70,11 @@ def test_two_ranks_write_shards_that_merge_into_the_one_process_rows(tmp_path, t
     counts = [len(coglens.lens.open(shard).samples()) for shard in shards]
     assert counts == [5, 4]  # samples 0, 2, 4... on rank 0; 1, 3... on rank 1
     merge_databases([str(s) for s in shards], tmp_path / "merged.db")
-    assert_same_rows(stored_rows(tmp_path / "merged.db"), _one_process_rows(tmp_path, tiny, config_path), TOL)
+    assert_same_rows(stored_rows(tmp_path / "merged.db"), _one_process_rows(tmp_path, tiny_pipeline, config_path), TOL)
 
 
 @pytest.mark.postgres
-def test_two_ranks_share_one_postgres_run(tmp_path, tiny, pg_url):
+def test_two_ranks_share_one_postgres_run(tmp_path, tiny_pipeline, pg_url):
     config_path = _config(tmp_path, pg_url)
     for extra in ((), ("--overwrite",)):  # a rerun with overwrite: rank 0 clears the run before rank 1 writes
         out = _torchrun(config_path, *extra)
@@ -82,4 +82,4 @@ def test_two_ranks_share_one_postgres_run(tmp_path, tiny, pg_url):
         assert "9 new of 9" in out.stdout
     with coglens.lens.open(pg_url) as db:
         assert db.runs()[["name", "status", "num_samples"]].values.tolist() == [["lens", "finished", 9]]
-    assert_same_rows(stored_rows(pg_url), _one_process_rows(tmp_path, tiny, config_path), TOL)
+    assert_same_rows(stored_rows(pg_url), _one_process_rows(tmp_path, tiny_pipeline, config_path), TOL)

@@ -8,7 +8,6 @@ import torch
 from lens_run_helpers import stored_rows, write_manifest
 
 from coglens.lens.run.runner import run_lens
-from coglens.pipeline import Pipeline
 from coglens.processing.video import load_video
 
 
@@ -24,8 +23,8 @@ def _clip(path):
 
 
 @torch.no_grad()
-def test_video_row_with_frame_selection(tmp_path, make_config):
-    pipe = Pipeline.load("tiny:cogvlm2-video", device="cpu")
+def test_video_row_with_frame_selection(tmp_path, make_config, tiny_pipelines):
+    pipe = tiny_pipelines("cogvlm2-video")
     clip = _clip(tmp_path / "clip.mp4")
     manifest = write_manifest(tmp_path / "rows.jsonl",
                               [{"id": "v0", "video": str(clip), "prompt": "What happens?", "label": "fade"}])

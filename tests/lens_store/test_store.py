@@ -27,7 +27,7 @@ from coglens.lens.store.schema import activations, runs, samples
 
 
 def _count(store: LensStore, table) -> int:
-    with store.engine.connect() as conn:
+    with store.sql_engine.connect() as conn:
         return conn.execute(select(func.count()).select_from(table)).scalar_one()
 
 
@@ -86,8 +86,8 @@ def test_a_failure_mid_batch_stores_nothing_of_that_batch(db_target):
 
 def _fail_inserts_of_module(store: LensStore, module: str) -> None:
     """A trigger that aborts any insert of that module's activations, like a disk failing mid-transaction."""
-    with store.engine.begin() as conn:
-        if store.engine.dialect.name == "sqlite":
+    with store.sql_engine.begin() as conn:
+        if store.sql_engine.dialect.name == "sqlite":
             conn.exec_driver_sql(
                 f"CREATE TRIGGER fail_{module} BEFORE INSERT ON activations WHEN NEW.module = '{module}' "
                 "BEGIN SELECT RAISE(ABORT, 'simulated disk failure'); END"
@@ -215,7 +215,7 @@ def test_open_writer_picks_the_format(tmp_path):
 
 
 def test_sqlite_is_tuned_for_bulk_writes(tmp_path):
-    with LensStore(tmp_path / "lens.db") as store, store.engine.connect() as conn:
+    with LensStore(tmp_path / "lens.db") as store, store.sql_engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1

@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 from hf_cache import hf_cache_layout
-from safetensors.torch import load_file
+from testkit import load_goldens, parity_folder
 
 from coglens import CogvlmForCausalLM, CogvlmModel
 from coglens.hub import HubError
@@ -19,11 +19,9 @@ TOL = {"atol": 1e-4, "rtol": 1e-4}
 
 
 @pytest.fixture(scope="module")
-def cogvlm2(fixtures_dir):
-    folder = fixtures_dir / "cogvlm2-tiny"
-    return folder, CogvlmForCausalLM.from_pretrained(folder), load_file(
-        fixtures_dir / "cogvlm2-tiny-goldens/goldens.safetensors"
-    )
+def cogvlm2():
+    folder = parity_folder("cogvlm2")
+    return folder, CogvlmForCausalLM.from_pretrained(folder), load_goldens("cogvlm2")
 
 
 def _batch(g):
@@ -90,8 +88,8 @@ def test_hidden_states_attentions_and_tuples(cogvlm2):
 
 @pytest.mark.parametrize("name", ["cogvlm", "cogvlm2", "cogvlm2-video"])
 @torch.no_grad()
-def test_eager_is_the_reference_sdpa_is_tested_against_with_images(fixtures_dir, name):
-    folder = fixtures_dir / f"{name}-tiny"
+def test_eager_is_the_reference_sdpa_is_tested_against_with_images(name):
+    folder = parity_folder(name)
     eager = CogvlmForCausalLM.from_pretrained(folder, attn_implementation="eager")
     sdpa = CogvlmForCausalLM.from_pretrained(folder, attn_implementation="sdpa")
     assert eager.config._attn_implementation == "eager"

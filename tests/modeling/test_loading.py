@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from testkit import copy_checkpoint, load_goldens, parity_folder
 from transformers import AutoConfig, AutoModelForCausalLM
 
 import coglens  # noqa: F401  (registers the Auto classes)
@@ -24,14 +24,13 @@ def _single_logits(model, g):
 
 
 @pytest.fixture(scope="module")
-def cogvlm2(fixtures_dir):
-    return fixtures_dir / "cogvlm2-tiny", load_file(fixtures_dir / "cogvlm2-tiny-goldens/goldens.safetensors")
+def cogvlm2():
+    return parity_folder("cogvlm2"), load_goldens("cogvlm2")
 
 
-def _copy_config(src, dst):
-    dst.mkdir(parents=True, exist_ok=True)
-    for name in ("config.json", "generation_config.json"):
-        shutil.copy(src / name, dst / name)
+def _copy_config(src, dst, change=None):
+    """Only the configs of the checkpoint ``src``, in ``dst`` (``change`` edits config.json)."""
+    copy_checkpoint(src, dst, files=("config.json", "generation_config.json"), config=change)
 
 
 @pytest.mark.parametrize("sharded", [False, True])
@@ -122,23 +121,21 @@ def test_auto_classes_and_save_pretrained_round_trip(cogvlm2, tmp_path):
     torch.testing.assert_close(_single_logits(again, g), g["single/logits"], **TOL)
 
 
-def test_thudm_config_has_no_model_type_and_auto_map_is_ignored(fixtures_dir):
-    raw = json.loads((fixtures_dir / "cogvlm-tiny/config.json").read_text())
+def test_thudm_config_has_no_model_type_and_auto_map_is_ignored():
+    raw = json.loads((parity_folder("cogvlm") / "config.json").read_text())
     assert "model_type" not in raw and "auto_map" in raw
-    config = load_config(fixtures_dir / "cogvlm-tiny")
+    config = load_config(parity_folder("cogvlm"))
     assert type(config) is CogvlmConfig and config.variant == "cogvlm" and config.rope_theta == 10000
     assert not hasattr(config, "auto_map")
-    assert load_config(fixtures_dir / "cogvlm2-tiny").variant == "cogvlm2"
-    video = load_config(fixtures_dir / "cogvlm2-video-tiny")
+    assert load_config(parity_folder("cogvlm2")).variant == "cogvlm2"
+    video = load_config(parity_folder("cogvlm2-video"))
     assert video.variant == "cogvlm2_video" and not video.has_vision_experts and video.rope_theta == 500000
 
 
-def test_video_variant_told_apart_by_weights(fixtures_dir, tmp_path):
+def test_video_variant_told_apart_by_weights(tmp_path):
     """A video folder whose config.json does not say so is recognised from its missing experts."""
-    shutil.copytree(fixtures_dir / "cogvlm2-video-tiny", tmp_path / "v")
-    cfg = json.loads((tmp_path / "v/config.json").read_text())
-    cfg["architectures"] = ["CogVLMForCausalLM"]
-    (tmp_path / "v/config.json").write_text(json.dumps(cfg))
+    copy_checkpoint(parity_folder("cogvlm2-video"), tmp_path / "v",
+                    config=lambda cfg: cfg.update(architectures=["CogVLMForCausalLM"]))
     assert load_config(tmp_path / "v").variant == "cogvlm2"
     model = CogvlmForCausalLM.from_pretrained(tmp_path / "v")
     assert model.config.variant == "cogvlm2_video" and not model.config.has_vision_experts
@@ -148,10 +145,9 @@ def test_video_variant_told_apart_by_weights(fixtures_dir, tmp_path):
     ("num_attention_heads", 5, "num_attention_heads"),
     ("num_multi_query_heads", 3, "num_multi_query_heads"),
 ])
-def test_inconsistent_lm_config_names_the_field(fixtures_dir, tmp_path, field, value, needle):
-    cfg = json.loads((fixtures_dir / "cogvlm2-tiny/config.json").read_text())
-    cfg[field] = value
-    (tmp_path / "config.json").write_text(json.dumps(cfg))
+def test_inconsistent_lm_config_names_the_field(tmp_path, field, value, needle):
+    copy_checkpoint(parity_folder("cogvlm2"), tmp_path, files=["config.json"],
+                    config=lambda cfg: cfg.update({field: value}))
     with pytest.raises(ConfigError, match=needle):
         load_config(tmp_path)
 
@@ -161,24 +157,23 @@ def test_inconsistent_lm_config_names_the_field(fixtures_dir, tmp_path, field, v
     ("num_positions", 20, "vision_config.num_positions"),
     ("num_heads", 3, "vision_config.num_heads"),
 ])
-def test_inconsistent_vision_config_names_the_field(fixtures_dir, tmp_path, field, value, needle):
-    cfg = json.loads((fixtures_dir / "cogvlm2-tiny/config.json").read_text())
-    cfg["vision_config"][field] = value
-    (tmp_path / "config.json").write_text(json.dumps(cfg))
+def test_inconsistent_vision_config_names_the_field(tmp_path, field, value, needle):
+    copy_checkpoint(parity_folder("cogvlm2"), tmp_path, files=["config.json"],
+                    config=lambda cfg: cfg["vision_config"].update({field: value}))
     with pytest.raises(ConfigError, match=needle):
         load_config(tmp_path)
 
 
-def test_missing_shard_names_the_file(fixtures_dir, tmp_path):
-    shutil.copytree(fixtures_dir / "cogvlm2-tiny-sharded", tmp_path / "c")
+def test_missing_shard_names_the_file(tmp_path):
+    copy_checkpoint(parity_folder("cogvlm2", "-sharded"), tmp_path / "c")
     (tmp_path / "c/model-00002-of-00002.safetensors").unlink()
     with pytest.raises(CheckpointError, match="model-00002-of-00002.safetensors"):
         CogvlmForCausalLM.from_pretrained(tmp_path / "c")
 
 
-def test_shape_mismatch_names_file_key_and_both_shapes(fixtures_dir, tmp_path):
-    _copy_config(fixtures_dir / "cogvlm2-tiny", tmp_path)
-    state = load_file(fixtures_dir / "cogvlm2-tiny/model.safetensors")
+def test_shape_mismatch_names_file_key_and_both_shapes(tmp_path):
+    _copy_config(parity_folder("cogvlm2"), tmp_path)
+    state = load_file(parity_folder("cogvlm2") / "model.safetensors")
     state["model.norm.weight"] = torch.ones(32)
     save_file(state, tmp_path / "model.safetensors")
     with pytest.raises(CheckpointError) as err:
@@ -186,10 +181,10 @@ def test_shape_mismatch_names_file_key_and_both_shapes(fixtures_dir, tmp_path):
     assert all(s in str(err.value) for s in ("model.safetensors", "model.norm.weight", "(32,)", "(64,)"))
 
 
-def test_unexpected_and_missing_keys_are_reported_as_transformers_does(fixtures_dir, tmp_path, caplog):
+def test_unexpected_and_missing_keys_are_reported_as_transformers_does(tmp_path, caplog):
     """Unexpected keys are skipped, missing ones initialised; both are named in a warning and the loading info."""
-    _copy_config(fixtures_dir / "cogvlm2-tiny", tmp_path)
-    state = load_file(fixtures_dir / "cogvlm2-tiny/model.safetensors")
+    _copy_config(parity_folder("cogvlm2"), tmp_path)
+    state = load_file(parity_folder("cogvlm2") / "model.safetensors")
     state["model.extra.weight"] = torch.ones(2)
     del state["lm_head.weight"], state["model.layers.0.self_attn.vision_expert_query_key_value.weight"]
     save_file(state, tmp_path / "model.safetensors")
@@ -230,7 +225,7 @@ for p in model.parameters():  # touch every weight: safetensors maps them lazily
 print(json.dumps({"before": before, "peak": status_mb('VmHWM')}))
 """
 
-def test_loading_peak_memory_is_about_one_copy(tmp_path, fixtures_dir):
+def test_loading_peak_memory_is_about_one_copy(tmp_path):
     """A ~60 MB checkpoint loaded in a fresh process: peak RSS grows by about one copy of the weights."""
     import subprocess
     import sys
@@ -244,7 +239,7 @@ def test_loading_peak_memory_is_about_one_copy(tmp_path, fixtures_dir):
     weights_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
     model.save_pretrained(tmp_path, max_shard_size="20MB")
     del model
-    out = subprocess.run([sys.executable, "-c", LOAD_PROBE, str(tmp_path), str(fixtures_dir / "cogvlm2-tiny")],
+    out = subprocess.run([sys.executable, "-c", LOAD_PROBE, str(tmp_path), str(parity_folder("cogvlm2"))],
                          capture_output=True, text=True, check=True).stdout
     probe = json.loads(out.strip().splitlines()[-1])
     growth = probe["peak"] - probe["before"]

@@ -6,11 +6,9 @@ folders, and generation through transformers' generate() and through coglens.eng
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
-from safetensors.torch import load_file
+from testkit import load_cases, load_goldens, parity_folder
 
 from coglens import CogvlmForCausalLM
 from coglens.engine import Engine, GenerationRequest, SamplingParams
@@ -20,17 +18,13 @@ TOL = {"atol": 1e-4, "rtol": 1e-4}
 IMAGE_SETS = ("cogvlm", "cogvlm2")
 
 
-def _goldens(fixtures_dir, name):
-    return load_file(fixtures_dir / f"{name}-tiny-goldens/goldens.safetensors")
-
-
 _MODELS: dict = {}
 
 
-def _model(fixtures_dir, name, sharded=False, dtype=torch.float32):
+def _model(name, sharded=False, dtype=torch.float32):
     key = (name, sharded, dtype)
     if key not in _MODELS:
-        folder = fixtures_dir / (f"{name}-tiny-sharded" if sharded else f"{name}-tiny")
+        folder = parity_folder(name, "-sharded" if sharded else "")
         _MODELS[key] = CogvlmForCausalLM.from_pretrained(folder, torch_dtype=dtype)
     return _MODELS[key]
 
@@ -42,8 +36,8 @@ def _rows(g, case):
 @pytest.mark.parametrize("sharded", [False, True], ids=["single-file", "sharded"])
 @pytest.mark.parametrize("name", IMAGE_SETS)
 @torch.no_grad()
-def test_prefill_logits_and_positions(fixtures_dir, name, sharded):
-    g, model = _goldens(fixtures_dir, name), _model(fixtures_dir, name, sharded)
+def test_prefill_logits_and_positions(name, sharded):
+    g, model = load_goldens(name), _model(name, sharded)
     out = model(input_ids=g["single/input_ids"], images=[[g["single/images"][0]]],
                 token_type_ids=g["single/token_type_ids"], attention_mask=g["single/attention_mask"])
     torch.testing.assert_close(out.logits, g["single/logits"], **TOL)
@@ -65,19 +59,18 @@ def test_prefill_logits_and_positions(fixtures_dir, name, sharded):
     assert torch.equal(vision_expert_mask(g["batch_left_pad/token_type_ids"]), g["batch_left_pad/vision_token_mask"])
 
 
-def _hidden_modules(fixtures_dir, name):
-    cases = json.loads((fixtures_dir / f"{name}-tiny-goldens/cases.json").read_text())
-    return cases["cases"]["hidden"]["modules"]
+def _hidden_modules(name):
+    return load_cases(name)["cases"]["hidden"]["modules"]
 
 
 @pytest.mark.parametrize("name", [*IMAGE_SETS, "cogvlm2-video"])
 @torch.no_grad()
-def test_recorded_module_outputs(fixtures_dir, name):
+def test_recorded_module_outputs(name):
     """Module names equal the checkpoint's, and each recorded module output matches."""
-    g, model = _goldens(fixtures_dir, name), _model(fixtures_dir, name)
+    g, model = load_goldens(name), _model(name)
     captured: dict[str, torch.Tensor] = {}
     handles = []
-    for path in _hidden_modules(fixtures_dir, name):
+    for path in _hidden_modules(name):
         is_input = path.endswith(".input")
         module = model.get_submodule(path.removesuffix(".input"))
 
@@ -96,15 +89,15 @@ def test_recorded_module_outputs(fixtures_dir, name):
     finally:
         for h in handles:
             h.remove()
-    for path in _hidden_modules(fixtures_dir, name):
+    for path in _hidden_modules(name):
         torch.testing.assert_close(captured[path].float(), g[f"hidden/{path}"], **TOL, msg=path)
 
 
 @pytest.mark.parametrize("name", IMAGE_SETS)
 @pytest.mark.parametrize("case,prompt", [("greedy_single", "single"), ("greedy_batch", "batch_left_pad")])
 @torch.no_grad()
-def test_greedy_generate(fixtures_dir, name, case, prompt):
-    g, model = _goldens(fixtures_dir, name), _model(fixtures_dir, name)
+def test_greedy_generate(name, case, prompt):
+    g, model = load_goldens(name), _model(name)
     out = model.generate(input_ids=g[f"{prompt}/input_ids"], images=_rows(g, prompt),
                          token_type_ids=g[f"{prompt}/token_type_ids"], attention_mask=g[f"{prompt}/attention_mask"],
                          max_new_tokens=10, do_sample=False, eos_token_id=3, use_cache=True,
@@ -116,9 +109,9 @@ def test_greedy_generate(fixtures_dir, name, case, prompt):
 @pytest.mark.parametrize("name", IMAGE_SETS)
 @pytest.mark.parametrize("case,prompt", [("greedy_single", "single"), ("greedy_batch", "batch_left_pad")])
 @torch.no_grad()
-def test_greedy_engine(fixtures_dir, name, case, prompt):
+def test_greedy_engine(name, case, prompt):
     """The engine batches the rows itself (stripping the fixture's padding) and decodes the same tokens."""
-    g, model = _goldens(fixtures_dir, name), _model(fixtures_dir, name)
+    g, model = load_goldens(name), _model(name)
     engine = Engine(model, _IdTokenizer(), max_batch_size=4)
     engine.eos_ids = {3}
     mask = g[f"{prompt}/attention_mask"].bool()
@@ -133,8 +126,8 @@ def test_greedy_engine(fixtures_dir, name, case, prompt):
 
 
 @torch.no_grad()
-def test_video_cases(fixtures_dir):
-    g, model = _goldens(fixtures_dir, "cogvlm2-video"), _model(fixtures_dir, "cogvlm2-video")
+def test_video_cases():
+    g, model = load_goldens("cogvlm2-video"), _model("cogvlm2-video")
     assert not model.config.has_vision_experts
     assert not any("vision_expert" in n or "vision_mlp" in n for n, _ in model.named_parameters())
     for case in ("video_chat", "video_base"):
@@ -160,9 +153,9 @@ def test_video_cases(fixtures_dir):
 
 
 @torch.no_grad()
-def test_video_batch_of_two_clips_works(fixtures_dir):
+def test_video_batch_of_two_clips_works():
     """The original fails on a batch of two videos; here each row gets its own clip's features."""
-    g, model = _goldens(fixtures_dir, "cogvlm2-video"), _model(fixtures_dir, "cogvlm2-video")
+    g, model = load_goldens("cogvlm2-video"), _model("cogvlm2-video")
     ids, types = g["video_chat/input_ids"], g["video_chat/token_type_ids"]
     clip = g["video_chat/images"]
     out = model(input_ids=ids.repeat(2, 1), token_type_ids=types.repeat(2, 1), images=[[clip], [clip.flip(0)]])
@@ -172,9 +165,9 @@ def test_video_batch_of_two_clips_works(fixtures_dir):
 
 @pytest.mark.parametrize("name", IMAGE_SETS)
 @torch.no_grad()
-def test_bfloat16_greedy_tokens_agree(fixtures_dir, name):
+def test_bfloat16_greedy_tokens_agree(name):
     """bf16 cannot match float32 logits to 1e-4; check (and report) how many greedy tokens still agree."""
-    g, model = _goldens(fixtures_dir, name), _model(fixtures_dir, name, dtype=torch.bfloat16)
+    g, model = load_goldens(name), _model(name, dtype=torch.bfloat16)
     out = model.generate(input_ids=g["single/input_ids"], images=[[g["single/images"][0].bfloat16()]],
                          token_type_ids=g["single/token_type_ids"], attention_mask=g["single/attention_mask"],
                          max_new_tokens=10, do_sample=False, eos_token_id=3)

@@ -9,9 +9,11 @@ import pytest
 import torch
 from PIL import Image
 from processing_stubs import StubTokenizer, fixed_rule, video_stub_rule
+from testkit import load_cases, load_goldens, parity_folder
 
 from coglens.modeling.configuration_cogvlm import Cogvlm2VideoConfig
-from coglens.processing.conversation import build_conversation_input_ids, check_context, count_positions
+from coglens.modeling.routing import count_positions
+from coglens.processing.conversation import build_conversation_input_ids, check_context
 from coglens.processing.errors import ContextLengthError, ConversationError, TemplateError
 from coglens.processing.image import load_image, preprocess_image
 
@@ -29,12 +31,12 @@ def _runs(token_type_ids: torch.Tensor) -> list[tuple[int, int]]:
 
 
 @pytest.mark.parametrize("name", ["cogvlm", "cogvlm2"])
-def test_single_image_layout_matches_the_goldens(name, goldens, cases, tiny_config, fixtures_dir):
-    recorded = goldens(name)
-    assert cases(name)["conventions"]["template_text_seen_by_tokenizer"] == PROMPT
+def test_single_image_layout_matches_the_goldens(name, tiny_config):
+    recorded = load_goldens(name)
+    assert load_cases(name)["conventions"]["template_text_seen_by_tokenizer"] == PROMPT
     n = IMAGE_TOKENS[name]
     tokenizer = StubTokenizer(fixed_rule({PROMPT: recorded["single/input_ids"][0, 1 + n :].tolist()}))
-    image_path = fixtures_dir / f"{name}-tiny-goldens" / "test_image.png"
+    image_path = parity_folder(name, "-goldens") / "test_image.png"
 
     out = build_conversation_input_ids(tokenizer, config=tiny_config(name), query=QUERY, images=[image_path])
 
@@ -48,8 +50,8 @@ def test_single_image_layout_matches_the_goldens(name, goldens, cases, tiny_conf
 
 
 @pytest.mark.parametrize("name", ["cogvlm", "cogvlm2"])
-def test_text_only_layout_matches_the_goldens(name, goldens, tiny_config):
-    recorded = goldens(name)
+def test_text_only_layout_matches_the_goldens(name, tiny_config):
+    recorded = load_goldens(name)
     tokenizer = StubTokenizer(fixed_rule({"hello": recorded["text_only/input_ids"][0, 1:].tolist()}))
     out = build_conversation_input_ids(tokenizer, config=tiny_config(name), query="hello", template_version="base")
     assert torch.equal(out["input_ids"], recorded["text_only/input_ids"][0])
@@ -57,9 +59,9 @@ def test_text_only_layout_matches_the_goldens(name, goldens, tiny_config):
     assert out["images"] is None
 
 
-def test_model_card_call_shape_is_supported(goldens, tiny_config):
+def test_model_card_call_shape_is_supported(tiny_config):
     """The model card passes history=[] and images=[PIL image], then indexes ['images'][0]."""
-    recorded = goldens("cogvlm")
+    recorded = load_goldens("cogvlm")
     tokenizer = StubTokenizer(lambda text: [5, 6, 7])
     image = load_image(_png_of(recorded))
     out = build_conversation_input_ids(tokenizer, config=tiny_config("cogvlm"), query=QUERY, history=[],
@@ -204,8 +206,8 @@ def test_base_template_cannot_place_history_images(tiny_config):
 
 @pytest.mark.parametrize("name", ["cogvlm", "cogvlm2"])
 @pytest.mark.parametrize("case", ["single", "text_only", "batch_left_pad"])
-def test_count_positions_matches_recorded_position_ids(name, case, goldens):
-    recorded = goldens(name)
+def test_count_positions_matches_recorded_position_ids(name, case):
+    recorded = load_goldens(name)
     for row in range(recorded[f"{case}/input_ids"].shape[0]):
         expected = recorded[f"{case}/position_ids"][row].max().item() + 1
         assert count_positions(recorded[f"{case}/token_type_ids"][row], recorded[f"{case}/attention_mask"][row]) \
@@ -213,8 +215,8 @@ def test_count_positions_matches_recorded_position_ids(name, case, goldens):
 
 
 @pytest.mark.parametrize("key", ["video_chat", "video_base", "layout_real/chat", "layout_real/base"])
-def test_count_positions_on_video_layouts(key, goldens):
-    recorded = goldens("cogvlm2-video")
+def test_count_positions_on_video_layouts(key):
+    recorded = load_goldens("cogvlm2-video")
     assert count_positions(recorded[f"{key}/token_type_ids"][0]) == recorded[f"{key}/position_ids"][0].max() + 1
 
 
@@ -224,9 +226,9 @@ def test_short_vision_runs_take_one_position_per_token():
     assert count_positions([0, 1, 1, 1, 1, 1, 0]) == 5
 
 
-def test_image_tokens_do_not_count_against_the_context(goldens, tiny_config):
+def test_image_tokens_do_not_count_against_the_context(tiny_config):
     """31 tokens, but the 18-token image takes 3 positions: 16 in all."""
-    recorded = goldens("cogvlm")
+    recorded = load_goldens("cogvlm")
     tokenizer = StubTokenizer(fixed_rule({PROMPT: recorded["single/input_ids"][0, 19:].tolist()}))
     image = torch.zeros(3, 56, 56)
     out = build_conversation_input_ids(tokenizer, config=tiny_config("cogvlm", max_position_embeddings=16),
@@ -244,16 +246,16 @@ def test_check_context_counts_new_tokens_and_left_padding():
     with pytest.raises(ContextLengthError, match=r"takes 6 positions \+ 11 new tokens"):
         check_context(types, attention_mask=mask, max_positions=16, max_new_tokens=11)
     with pytest.raises(ConversationError, match="attention_mask has 2 entries for 8"):
-        count_positions(types, [1, 1])
+        check_context(types, attention_mask=[1, 1], max_positions=100)
 
 
 # --- CogVLM2-Video ----------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("template", ["chat", "base"])
-def test_video_layout_matches_the_goldens(template, goldens, cases, tiny_config):
-    recorded = goldens("cogvlm2-video")
-    conventions = cases("cogvlm2-video")["conventions"]
+def test_video_layout_matches_the_goldens(template, tiny_config):
+    recorded = load_goldens("cogvlm2-video")
+    conventions = load_cases("cogvlm2-video")["conventions"]
     tokenizer = StubTokenizer(video_stub_rule(conventions["stub_tokenizer"]["seed"]))
     frames = recorded[f"video_{template}/images"]
 
@@ -268,10 +270,10 @@ def test_video_layout_matches_the_goldens(template, goldens, cases, tiny_config)
 
 
 @pytest.mark.parametrize("template", ["chat", "base"])
-def test_video_layout_with_66_tokens_per_frame(template, goldens, cases):
+def test_video_layout_with_66_tokens_per_frame(template):
     """The real model's layout (224-px frames, Llama-3 placeholder 128002), recorded from the reference."""
-    recorded = goldens("cogvlm2-video")
-    conventions = cases("cogvlm2-video")["conventions"]
+    recorded = load_goldens("cogvlm2-video")
+    conventions = load_cases("cogvlm2-video")["conventions"]
     config = Cogvlm2VideoConfig(
         vocab_size=128256,
         vision_config={"image_size": 224, "patch_size": 14, "hidden_size": 32, "num_heads": 2,
@@ -293,8 +295,8 @@ def test_video_vqa_is_one_vision_run_then_the_vqa_prompt(tiny_config):
     assert _runs(out["token_type_ids"]) == [(0, 1), (1, 3 * 6), (0, 5)]  # 5 words in the prompt
 
 
-def test_video_uint8_clip_is_transformed(goldens, tiny_config):
-    recorded = goldens("cogvlm2-video")
+def test_video_uint8_clip_is_transformed(tiny_config):
+    recorded = load_goldens("cogvlm2-video")
     clip = recorded["frames/cfr/transform_input_uint8"]  # (C, T, H, W)
     config = tiny_config("cogvlm2-video")
     for layout in (clip, clip.permute(1, 2, 3, 0)):  # (C, T, H, W) and (T, H, W, C)
@@ -332,8 +334,8 @@ def test_video_checkpoint_without_a_clip_is_text_only(tiny_config):
     assert out["token_type_ids"].tolist() == [0, 0, 0, 0, 0] and out["images"] is None
 
 
-def test_preprocessing_through_a_path_equals_preprocess_image(fixtures_dir, tiny_config):
-    path = fixtures_dir / "cogvlm2-tiny-goldens" / "test_image.png"
+def test_preprocessing_through_a_path_equals_preprocess_image(tiny_config):
+    path = parity_folder("cogvlm2", "-goldens") / "test_image.png"
     out = build_conversation_input_ids(StubTokenizer(_word_ids), config=tiny_config("cogvlm2"), query="q",
                                        images=[str(path)])
     assert torch.equal(out["images"][0], preprocess_image(load_image(path), 56))

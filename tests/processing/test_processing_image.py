@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from testkit import load_goldens, parity_folder
 
 from coglens.processing.errors import (
     ImageDecodeError,
@@ -41,9 +42,9 @@ def _noise(mode: str = "RGB", size: tuple[int, int] = (40, 30)) -> Image.Image:
 
 
 @pytest.mark.parametrize("name", ["cogvlm", "cogvlm2"])
-def test_preprocess_matches_recorded_pixel_values(name, fixtures_dir, goldens):
-    recorded = goldens(name)
-    image = load_image(fixtures_dir / f"{name}-tiny-goldens" / "test_image.png")
+def test_preprocess_matches_recorded_pixel_values(name):
+    recorded = load_goldens(name)
+    image = load_image(parity_folder(name, "-goldens") / "test_image.png")
     assert torch.equal(torch.from_numpy(_pixels(image).copy()), recorded["preprocess/image_uint8"])
     pixel_values = preprocess_image(image, 56)
     assert pixel_values.dtype == torch.float32 and pixel_values.shape == (3, 56, 56)

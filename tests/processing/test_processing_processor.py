@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
 from processing_stubs import StubTokenizer, fixed_rule, write_word_tokenizer
+from testkit import copy_checkpoint, load_goldens, parity_folder
 from transformers import BatchFeature
 
 from coglens.processing.errors import ConversationError, ProcessingError, TokenizerNotFoundError
@@ -26,8 +25,8 @@ def _recorded_batch(recorded, n_image_tokens):
 
 
 @pytest.mark.parametrize("name", ["cogvlm", "cogvlm2"])
-def test_batch_matches_the_recorded_left_padded_batch(name, goldens, tiny_config):
-    recorded = goldens(name)
+def test_batch_matches_the_recorded_left_padded_batch(name, tiny_config):
+    recorded = load_goldens(name)
     rows = _recorded_batch(recorded, IMAGE_TOKENS[name])
     tokenizer = StubTokenizer(fixed_rule({f"Question: {query} Answer:": ids for query, ids, _ in rows}))
     processor = CogvlmProcessor(tokenizer, tiny_config(name))
@@ -112,9 +111,9 @@ def test_only_pytorch_tensors(tiny_config):
         processor("a", return_tensors="np")
 
 
-def test_from_pretrained_encodes_and_decodes(fixtures_dir, tmp_path):
+def test_from_pretrained_encodes_and_decodes(tmp_path):
     folder = tmp_path / "ckpt"
-    shutil.copytree(fixtures_dir / "cogvlm2-tiny", folder)
+    copy_checkpoint(parity_folder("cogvlm2"), folder)
     write_word_tokenizer(folder, ["Question:", "Answer:", "what", "is", "this", "a", "cat"])
     processor = CogvlmProcessor.from_pretrained(folder)
     assert processor.config.variant == "cogvlm2"
@@ -127,34 +126,34 @@ def test_from_pretrained_encodes_and_decodes(fixtures_dir, tmp_path):
     assert processor.batch_decode([answer], skip_special_tokens=True) == ["a cat"]
 
 
-def test_from_pretrained_cogvlm1_needs_a_tokenizer_path(fixtures_dir, tmp_path):
+def test_from_pretrained_cogvlm1_needs_a_tokenizer_path(tmp_path):
     with pytest.raises(TokenizerNotFoundError, match="vicuna-7b-v1.5"):
-        CogvlmProcessor.from_pretrained(fixtures_dir / "cogvlm-tiny")
+        CogvlmProcessor.from_pretrained(parity_folder("cogvlm"))
     tokenizer_dir = write_word_tokenizer(tmp_path / "vicuna", ["Question:", "Answer:"])
-    processor = CogvlmProcessor.from_pretrained(fixtures_dir / "cogvlm-tiny", tokenizer_path=tokenizer_dir)
+    processor = CogvlmProcessor.from_pretrained(parity_folder("cogvlm"), tokenizer_path=tokenizer_dir)
     assert processor("x", template_version="chat")["input_ids"].tolist() == [[1, 3, 0, 4]]
 
 
-def test_batch_feeds_the_model_like_the_recorded_call(goldens, tiny_config, fixtures_dir):
+def test_batch_feeds_the_model_like_the_recorded_call(tiny_config):
     """End to end on the tiny CogVLM2: the processor's batch gives the recorded logits."""
     from coglens import modeling
-    recorded = goldens("cogvlm2")
+    recorded = load_goldens("cogvlm2")
     rows = _recorded_batch(recorded, IMAGE_TOKENS["cogvlm2"])
     tokenizer = StubTokenizer(fixed_rule({f"Question: {query} Answer:": ids for query, ids, _ in rows}))
     batch = CogvlmProcessor(tokenizer, tiny_config("cogvlm2"))(
         [query for query, _, _ in rows], images=[image for _, _, image in rows]
     )
-    model = modeling.CogvlmForCausalLM.from_pretrained(fixtures_dir / "cogvlm2-tiny")
+    model = modeling.CogvlmForCausalLM.from_pretrained(parity_folder("cogvlm2"))
     with torch.no_grad():
         logits = model(**batch).logits
     real = batch["attention_mask"].bool()
     torch.testing.assert_close(logits[real], recorded["batch_left_pad/logits"][real], atol=1e-4, rtol=1e-4)
 
 
-def test_mixed_batch_rows_give_what_they_give_alone(tiny_config, fixtures_dir):
+def test_mixed_batch_rows_give_what_they_give_alone(tiny_config):
     """A text-only row beside an image row: each row's logits equal its own unpadded run."""
     from coglens import modeling
-    model = modeling.CogvlmForCausalLM.from_pretrained(fixtures_dir / "cogvlm2-tiny")
+    model = modeling.CogvlmForCausalLM.from_pretrained(parity_folder("cogvlm2"))
     processor = CogvlmProcessor(StubTokenizer(lambda text: [5 + len(word) for word in text.split()]),
                                 tiny_config("cogvlm2"))
     image = torch.randn(3, 56, 56, generator=torch.Generator().manual_seed(0))

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 from processing_stubs import write_word_tokenizer
+from testkit import copy_checkpoint, parity_folder
 
 from coglens.processing.errors import TokenizerNotFoundError, VocabularyMismatchError
 from coglens.processing.tokenizer import load_tokenizer
@@ -15,9 +15,9 @@ WORDS = ["Question:", "Answer:", "what", "is", "this"]
 
 
 @pytest.fixture
-def cogvlm2_folder(fixtures_dir, tmp_path):
+def cogvlm2_folder(tmp_path):
     folder = tmp_path / "cogvlm2"
-    shutil.copytree(fixtures_dir / "cogvlm2-tiny", folder)
+    copy_checkpoint(parity_folder("cogvlm2"), folder)
     return write_word_tokenizer(folder, WORDS)
 
 
@@ -33,29 +33,29 @@ def test_tokenizer_path_wins_over_the_checkpoint(cogvlm2_folder, tmp_path, tiny_
     assert tokenizer.encode("what", add_special_tokens=False) == [5]
 
 
-def test_cogvlm1_without_tokenizer_path_names_vicuna(fixtures_dir, tiny_config):
+def test_cogvlm1_without_tokenizer_path_names_vicuna(tiny_config):
     with pytest.raises(TokenizerNotFoundError, match="pass tokenizer_path=.*lmsys/vicuna-7b-v1.5"):
-        load_tokenizer(fixtures_dir / "cogvlm-tiny", config=tiny_config("cogvlm"))
+        load_tokenizer(parity_folder("cogvlm"), config=tiny_config("cogvlm"))
 
 
-def test_cogvlm2_folder_without_tokenizer(fixtures_dir, tiny_config):
+def test_cogvlm2_folder_without_tokenizer(tiny_config):
     with pytest.raises(TokenizerNotFoundError, match="no tokenizer files"):
-        load_tokenizer(fixtures_dir / "cogvlm2-tiny", config=tiny_config("cogvlm2"))
+        load_tokenizer(parity_folder("cogvlm2"), config=tiny_config("cogvlm2"))
 
 
-def test_tokenizer_path_without_tokenizer_files(tmp_path, fixtures_dir, tiny_config):
+def test_tokenizer_path_without_tokenizer_files(tmp_path, tiny_config):
     with pytest.raises(TokenizerNotFoundError, match="holds no tokenizer files"):
-        load_tokenizer(fixtures_dir / "cogvlm-tiny", tmp_path, config=tiny_config("cogvlm"))
+        load_tokenizer(parity_folder("cogvlm"), tmp_path, config=tiny_config("cogvlm"))
 
 
-def test_uncached_hub_id_with_downloads_off_names_the_repo(fixtures_dir, tiny_config, tmp_path, monkeypatch):
+def test_uncached_hub_id_with_downloads_off_names_the_repo(tiny_config, tmp_path, monkeypatch):
     message = "cannot load a tokenizer from 'coglens-tests/no-such-tokenizer': .*hf download"
     with pytest.raises(TokenizerNotFoundError, match=message):
-        load_tokenizer(fixtures_dir / "cogvlm-tiny", "coglens-tests/no-such-tokenizer", config=tiny_config("cogvlm"),
+        load_tokenizer(parity_folder("cogvlm"), "coglens-tests/no-such-tokenizer", config=tiny_config("cogvlm"),
                        cache_dir=tmp_path, local_files_only=True)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(TokenizerNotFoundError, match=message):
-        load_tokenizer(fixtures_dir / "cogvlm-tiny", "coglens-tests/no-such-tokenizer", config=tiny_config("cogvlm"),
+        load_tokenizer(parity_folder("cogvlm"), "coglens-tests/no-such-tokenizer", config=tiny_config("cogvlm"),
                        cache_dir=tmp_path)
 
 
@@ -87,14 +87,14 @@ def _vicuna_like_folder(tmp_path, text: str):
     return folder, spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
 
 
-def test_cogvlm1_sentencepiece_tokenizer_matches_sentencepiece(tmp_path, fixtures_dir, tiny_config):
+def test_cogvlm1_sentencepiece_tokenizer_matches_sentencepiece(tmp_path, tiny_config):
     pytest.importorskip("google.protobuf", reason="transformers needs protobuf to read tokenizer.model")
     words = ["question", "answer", "short", "describe", "image", "vision", "expert", "token", "what", "how", "many",
              "boxes", "point", "the", "a", "in", "is", "it"]
     text = "\n".join(f"Question: {a} {b} {c}? Answer: {c} {a}." for a in words for b in words for c in words[:5])
     folder, reference = _vicuna_like_folder(tmp_path, text)
 
-    tokenizer = load_tokenizer(fixtures_dir / "cogvlm-tiny", folder, config=tiny_config("cogvlm"))
+    tokenizer = load_tokenizer(parity_folder("cogvlm"), folder, config=tiny_config("cogvlm"))
 
     assert (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) == (1, 2, 0)
     for prompt in (

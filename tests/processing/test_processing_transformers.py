@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 from hf_cache import hf_cache_layout
-from parity_paths import PARITY_DIR
 from PIL import Image
 from processing_stubs import StubTokenizer, write_word_tokenizer
+from testkit import copy_checkpoint, edit_config, load_goldens, parity_folder
 from transformers import AutoImageProcessor, AutoProcessor, BatchFeature, ProcessorMixin
 from transformers.image_processing_utils import BaseImageProcessor
 
@@ -40,7 +40,7 @@ SETTINGS = ("variant", "template_version", "image_size", "num_image_tokens", "im
 
 
 def _test_image(name: str) -> Image.Image:
-    return load_image(PARITY_DIR / f"{name}-tiny-goldens" / "test_image.png")
+    return load_image(parity_folder(name, "-goldens") / "test_image.png")
 
 
 def _stub() -> StubTokenizer:
@@ -66,15 +66,16 @@ def _thudm_folder(folder: Path) -> Path:
     """
     from coglens.tiny import tiny_model_path
 
-    shutil.copytree(PARITY_DIR / "cogvlm2-tiny", folder)
+    copy_checkpoint(parity_folder("cogvlm2"), folder)
     tiny = tiny_model_path("cogvlm2")
     for name in TOKENIZER_FILES:
         shutil.copy(tiny / name, folder / name)
-    config = json.loads((folder / "config.json").read_text())
-    assert "model_type" not in config and "auto_map" in config
-    config["vocab_size"] = json.loads((tiny / "config.json").read_text())["vocab_size"]
-    (folder / "config.json").write_text(json.dumps(config, indent=2))
-    return folder
+
+    def as_thudm_ships_it(config: dict) -> None:
+        assert "model_type" not in config and "auto_map" in config
+        config["vocab_size"] = json.loads((tiny / "config.json").read_text())["vocab_size"]
+
+    return edit_config(folder, as_thudm_ships_it)
 
 
 @pytest.fixture
@@ -86,13 +87,13 @@ def thudm_folder(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("name", ["cogvlm", "cogvlm2"])
-def test_image_processor_gives_the_recorded_pixel_values_bit_for_bit(name, goldens, tiny_config):
-    recorded = goldens(name)
+def test_image_processor_gives_the_recorded_pixel_values_bit_for_bit(name, tiny_config):
+    recorded = load_goldens(name)
     processor = CogvlmImageProcessor.from_config(tiny_config(name))
     assert processor.image_size == 56
     uint8 = recorded["preprocess/image_uint8"]  # the decoded test image, (H, W, 3)
     sources = [
-        _test_image(name), PARITY_DIR / f"{name}-tiny-goldens" / "test_image.png", uint8.numpy(), uint8,
+        _test_image(name), parity_folder(name, "-goldens") / "test_image.png", uint8.numpy(), uint8,
         uint8.permute(2, 0, 1),  # channels first
     ]
     out = processor(sources, return_tensors="pt")
@@ -184,8 +185,8 @@ def test_processor_preprocesses_with_its_image_processor(tiny_config):
 
 
 @pytest.mark.parametrize("name", ["cogvlm", "cogvlm2"])
-def test_hf_style_call_gives_the_recorded_pixel_values(name, goldens, tiny_config):
-    recorded = goldens(name)["preprocess/pixel_values"]
+def test_hf_style_call_gives_the_recorded_pixel_values(name, tiny_config):
+    recorded = load_goldens(name)["preprocess/pixel_values"]
     processor = CogvlmProcessor(_stub(), tiny_config(name))
     image = _test_image(name)
 
@@ -201,10 +202,10 @@ def test_hf_style_call_gives_the_recorded_pixel_values(name, goldens, tiny_confi
         assert torch.equal(batch[key], legacy[key]), key
 
 
-def test_hf_style_batch_feeds_the_model_like_the_legacy_batch(tiny_config, fixtures_dir):
+def test_hf_style_batch_feeds_the_model_like_the_legacy_batch(tiny_config):
     from coglens.modeling import CogvlmForCausalLM
 
-    model = CogvlmForCausalLM.from_pretrained(fixtures_dir / "cogvlm2-tiny")
+    model = CogvlmForCausalLM.from_pretrained(parity_folder("cogvlm2"))
     processor = CogvlmProcessor(_stub(), tiny_config("cogvlm2"))
     image = _test_image("cogvlm2")
     queries = ["a longer question about it", "short"]
@@ -411,12 +412,12 @@ def test_tokenizer_path_as_a_hub_id(tmp_path, tiny_config):
     cache = tmp_path / "hf-cache"
     words = write_word_tokenizer(tmp_path / "vicuna", ["Question:", "Answer:", "hi"])
     hf_cache_layout(cache, "coglens-tests/vicuna", words)
-    tokenizer = load_tokenizer(PARITY_DIR / "cogvlm-tiny", "coglens-tests/vicuna", config=tiny_config("cogvlm"),
+    tokenizer = load_tokenizer(parity_folder("cogvlm"), "coglens-tests/vicuna", config=tiny_config("cogvlm"),
                                cache_dir=cache, local_files_only=True)
     assert tokenizer.encode("hi", add_special_tokens=False) == [5]
-    processor = CogvlmProcessor.from_pretrained(PARITY_DIR / "cogvlm-tiny", tokenizer_path="coglens-tests/vicuna",
+    processor = CogvlmProcessor.from_pretrained(parity_folder("cogvlm"), tokenizer_path="coglens-tests/vicuna",
                                                 cache_dir=cache, local_files_only=True)
     assert processor.variant == "cogvlm" and processor.tokenizer.get_vocab() == tokenizer.get_vocab()
     with pytest.raises(TokenizerNotFoundError, match="'coglens-tests/other'"):
-        CogvlmProcessor.from_pretrained(PARITY_DIR / "cogvlm-tiny", tokenizer_path="coglens-tests/other",
+        CogvlmProcessor.from_pretrained(parity_folder("cogvlm"), tokenizer_path="coglens-tests/other",
                                         cache_dir=cache, local_files_only=True)

@@ -1,4 +1,7 @@
-"""Fixtures of the serve tests: the main server (auth, local and remote media on), reference pipelines."""
+"""Fixtures of the serve tests: the main server (auth, local and remote media on), media to serve.
+
+The answers the servers give are checked against tests/conftest.py's ``tiny_pipeline`` (``tiny_pipelines`` for
+CogVLM2-Video), loaded apart from the models the servers answer with (the ``server`` fixture loads its own)."""
 
 from __future__ import annotations
 
@@ -8,7 +11,6 @@ from pathlib import Path
 import pytest
 from serve_helpers import API_KEY, IMAGE, Server, run_server
 
-from coglens.pipeline import Pipeline
 from coglens.serve.settings import ServeSettings
 
 
@@ -22,12 +24,6 @@ def media_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "secret.png").write_bytes(IMAGE.read_bytes())
     (allowed / "escape.png").symlink_to(root / "secret.png")
     return allowed
-
-
-@pytest.fixture(scope="session")
-def reference() -> Pipeline:
-    """A second copy of the tiny CogVLM2: the engine answers the server's answers are checked against."""
-    return Pipeline.load("tiny:cogvlm2", device="cpu")
 
 
 @pytest.fixture(scope="session")

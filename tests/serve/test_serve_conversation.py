@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from coglens.serve.conversation import MediaRef, Message, split_parts, to_conversation
 from coglens.serve.errors import InvalidRequestError
+from coglens.serve.messages import MediaRef, Message, split_parts, to_conversation
 from coglens.serve.wire import ImagePart, MediaURL, TextPart, VideoPart
 
 IMG = MediaRef("image", "data:image/png;base64,AA==", "messages[0].content[1]")

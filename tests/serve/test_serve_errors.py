@@ -51,11 +51,11 @@ def test_openai_errors(server, body, status, param, words):
     assert words in error["message"]
 
 
-def test_a_vanishing_temperature_decodes_greedily_instead_of_failing(server, reference):
+def test_a_vanishing_temperature_decodes_greedily_instead_of_failing(server, tiny_pipeline):
     body = {"messages": [USER], "temperature": 1e-45, "max_tokens": 5}
     response = _post(server, OPENAI, body)
     assert response.status_code == 200
-    assert response.json()["choices"][0]["message"]["content"] == greedy(reference, "hi", 5)
+    assert response.json()["choices"][0]["message"]["content"] == greedy(tiny_pipeline, "hi", 5)
 
 
 def test_malformed_json_in_every_protocol(server):
@@ -110,10 +110,10 @@ def test_auth_is_required_everywhere_but_health(server):
     assert {OPENAI, "/generate", "/generate_stream", "/v2/models/{model}/generate"} <= set(paths)
 
 
-def test_cors_is_off_by_default_and_on_for_named_origins(server, reference):
+def test_cors_is_off_by_default_and_on_for_named_origins(server, tiny_pipeline):
     preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
     assert "access-control-allow-origin" not in httpx.options(f"{server.url}{OPENAI}", headers=preflight).headers
     settings = ServeSettings(cors_origins=("https://app.example",))
-    with run_server(settings, pipeline=reference) as cors_server:
+    with run_server(settings, pipeline=tiny_pipeline) as cors_server:
         response = httpx.options(f"{cors_server.url}{OPENAI}", headers=preflight)
         assert response.headers["access-control-allow-origin"] == "https://app.example"

@@ -19,11 +19,11 @@ from PIL import Image
 from serve_helpers import IMAGE, data_url, image_bytes
 
 from coglens.processing.image import load_image, preprocess_image
-from coglens.serve.conversation import MediaRef
 from coglens.serve.errors import ForbiddenMediaError, LimitExceededError, MediaFetchError, UnsupportedMediaTypeError
 from coglens.serve.fetch import RemoteFetcher, is_public_address
 from coglens.serve.limits import ServeLimits
 from coglens.serve.media import MediaLoader
+from coglens.serve.messages import MediaRef
 
 SIZE = 56
 

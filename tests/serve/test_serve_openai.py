@@ -27,10 +27,10 @@ def test_models_lists_the_served_names(client):
     assert ids[0] == "tiny:cogvlm2" and "cogvlm2" in ids
 
 
-def test_greedy_answer_and_usage_equal_the_engine(client, reference):
+def test_greedy_answer_and_usage_equal_the_engine(client, tiny_pipeline):
     response = client.chat.completions.create(model="tiny:cogvlm2", messages=[_user("Describe the scene.")],
                                               max_tokens=12, temperature=0)
-    expected = reference.ask("Describe the scene.", params=greedy_params(12))
+    expected = tiny_pipeline.ask("Describe the scene.", params=greedy_params(12))
     assert response.choices[0].message.content == expected.text
     assert response.choices[0].finish_reason == "length"
     assert response.usage.prompt_tokens == expected.prompt_tokens
@@ -38,27 +38,27 @@ def test_greedy_answer_and_usage_equal_the_engine(client, reference):
     assert response.usage.total_tokens == expected.prompt_tokens + 12
 
 
-def test_image_part_counts_image_tokens_in_usage(client, reference):
+def test_image_part_counts_image_tokens_in_usage(client, tiny_pipeline):
     url = data_url(IMAGE.read_bytes(), "image/png")
     response = client.chat.completions.create(model="tiny:cogvlm2", messages=[_user("What is it?", url)],
                                               max_tokens=10, temperature=0)
     image = load_image(IMAGE)
-    inputs = reference.build_inputs("What is it?", images=[image])
+    inputs = tiny_pipeline.build_inputs("What is it?", images=[image])
     assert response.usage.prompt_tokens == inputs["input_ids"].numel()
-    assert (inputs["token_type_ids"] == 1).sum() == reference.config.num_image_tokens  # the image is counted
-    assert response.choices[0].message.content == greedy(reference, "What is it?", 10, images=[image])
+    assert (inputs["token_type_ids"] == 1).sum() == tiny_pipeline.config.num_image_tokens  # the image is counted
+    assert response.choices[0].message.content == greedy(tiny_pipeline, "What is it?", 10, images=[image])
 
 
-def test_stream_chunks_join_to_the_greedy_answer_and_usage_comes_last(client, reference):
+def test_stream_chunks_join_to_the_greedy_answer_and_usage_comes_last(client, tiny_pipeline):
     stream = client.chat.completions.create(model="tiny:cogvlm2", messages=[_user("Tell me more.")], max_tokens=15,
                                             temperature=0, stream=True, stream_options={"include_usage": True})
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    assert text == greedy(reference, "Tell me more.", 15)
+    assert text == greedy(tiny_pipeline, "Tell me more.", 15)
     assert chunks[0].choices[0].delta.role == "assistant"
     assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["length"]
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 15
-    assert chunks[-1].usage.prompt_tokens == reference.build_inputs("Tell me more.")["input_ids"].numel()
+    assert chunks[-1].usage.prompt_tokens == tiny_pipeline.build_inputs("Tell me more.")["input_ids"].numel()
 
 
 def test_first_token_arrives_while_the_request_still_runs(client, server):
@@ -74,8 +74,8 @@ def test_first_token_arrives_while_the_request_still_runs(client, server):
     assert count > 100
 
 
-def test_stop_string_ends_with_finish_reason_stop(client, reference):
-    full = greedy(reference, "Describe the scene.", 12)
+def test_stop_string_ends_with_finish_reason_stop(client, tiny_pipeline):
+    full = greedy(tiny_pipeline, "Describe the scene.", 12)
     stop = full[4:7]
     response = client.chat.completions.create(model="tiny:cogvlm2", messages=[_user("Describe the scene.")],
                                               max_tokens=12, temperature=0, stop=[stop])
@@ -83,28 +83,28 @@ def test_stop_string_ends_with_finish_reason_stop(client, reference):
     assert response.choices[0].message.content == full[: full.index(stop)]
 
 
-def test_system_message_is_prepended_to_the_query(client, reference):
+def test_system_message_is_prepended_to_the_query(client, tiny_pipeline):
     messages = [{"role": "system", "content": "Be brief."}, _user("Describe the scene.")]
     response = client.chat.completions.create(model="tiny:cogvlm2", messages=messages, max_tokens=8, temperature=0)
-    assert response.choices[0].message.content == greedy(reference, "Be brief.\nDescribe the scene.", 8)
+    assert response.choices[0].message.content == greedy(tiny_pipeline, "Be brief.\nDescribe the scene.", 8)
 
 
-def test_history_with_images_in_earlier_turns_uses_the_multi_image_layout(client, reference):
+def test_history_with_images_in_earlier_turns_uses_the_multi_image_layout(client, tiny_pipeline):
     red = data_url(IMAGE.read_bytes(), "image/png")
     blue_path = IMAGE.parent / "blue_square.png"
     blue = data_url(blue_path.read_bytes(), "image/png")
     messages = [_user("First?", red), {"role": "assistant", "content": "A red circle."}, _user("And now?", blue)]
     response = client.chat.completions.create(model="tiny:cogvlm2", messages=messages, max_tokens=8, temperature=0)
-    expected = greedy(reference, "And now?", 8, images=[load_image(blue_path)],
+    expected = greedy(tiny_pipeline, "And now?", 8, images=[load_image(blue_path)],
                       history=[("First?", "A red circle.", load_image(IMAGE))], allow_multiple_images=True)
     assert response.choices[0].message.content == expected
 
 
-def test_one_image_in_an_earlier_turn_keeps_the_original_layout(client, reference):
+def test_one_image_in_an_earlier_turn_keeps_the_original_layout(client, tiny_pipeline):
     url = data_url(IMAGE.read_bytes(), "image/png")
     messages = [_user("First?", url), {"role": "assistant", "content": "A circle."}, _user("Colour?")]
     response = client.chat.completions.create(model="tiny:cogvlm2", messages=messages, max_tokens=8, temperature=0)
-    expected = greedy(reference, "Colour?", 8, images=[load_image(IMAGE)], history=[("First?", "A circle.")])
+    expected = greedy(tiny_pipeline, "Colour?", 8, images=[load_image(IMAGE)], history=[("First?", "A circle.")])
     assert response.choices[0].message.content == expected
 
 

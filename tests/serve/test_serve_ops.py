@@ -27,6 +27,7 @@ def test_access_log_and_metrics():
     access.addHandler(handler)
     access.setLevel(logging.INFO)
     try:
+        # a pipeline of its own: the metrics count this server's requests alone
         with run_server(ServeSettings(), pipeline=Pipeline.load("tiny:cogvlm2")) as server:
             ok = httpx.post(f"{server.url}/generate", json={"inputs": "Hi", "parameters": {"max_new_tokens": 3}})
             bad = httpx.post(f"{server.url}/v1/chat/completions", json={"messages": []})

@@ -15,6 +15,8 @@ from coglens.serve.metrics import ServeMetrics
 
 @pytest.fixture()
 def pipeline() -> Pipeline:
+    """A new one per test (not tests/conftest.py's shared one): the tests read its engine's statistics and break
+    its steps on purpose."""
     return Pipeline.load("tiny:cogvlm2", device="cpu", max_batch_size=4)
 
 

@@ -18,13 +18,13 @@ def client(server) -> InferenceClient:
     return InferenceClient(model=server.url, token=API_KEY)
 
 
-def test_text_generation_equals_the_engine(client, reference):
+def test_text_generation_equals_the_engine(client, tiny_pipeline):
     assert client.text_generation("Describe the scene.", max_new_tokens=10) == greedy(
-        reference, "Describe the scene.", 10)
+        tiny_pipeline, "Describe the scene.", 10)
 
 
-def test_stream_with_details_gives_tokens_and_a_final_answer(client, reference):
-    expected = reference.ask("Tell me more.", params=greedy_params(12))
+def test_stream_with_details_gives_tokens_and_a_final_answer(client, tiny_pipeline):
+    expected = tiny_pipeline.ask("Tell me more.", params=greedy_params(12))
     events = list(client.text_generation("Tell me more.", max_new_tokens=12, stream=True, details=True))
     assert [e.token.id for e in events] == expected.token_ids
     assert "".join(e.token.text for e in events) == expected.text
@@ -36,8 +36,8 @@ def test_stream_with_details_gives_tokens_and_a_final_answer(client, reference):
     assert events[-1].details.input_length == expected.prompt_tokens
 
 
-def test_non_stream_details_list_every_token(client, reference):
-    expected = reference.ask("Hello", params=greedy_params(6))
+def test_non_stream_details_list_every_token(client, tiny_pipeline):
+    expected = tiny_pipeline.ask("Hello", params=greedy_params(6))
     out = client.text_generation("Hello", max_new_tokens=6, details=True)
     assert out.generated_text == expected.text
     assert [t.id for t in out.details.tokens] == expected.token_ids
@@ -45,8 +45,8 @@ def test_non_stream_details_list_every_token(client, reference):
     assert all(t.special is False for t in out.details.tokens)
 
 
-def test_stop_sequence_is_reported_as_such(client, reference):
-    full = greedy(reference, "Describe the scene.", 12)
+def test_stop_sequence_is_reported_as_such(client, tiny_pipeline):
+    full = greedy(tiny_pipeline, "Describe the scene.", 12)
     stop = full[3:6]
     out = client.text_generation("Describe the scene.", max_new_tokens=12, stop=[stop], details=True)
     assert out.generated_text == full[: full.index(stop)]
@@ -58,7 +58,7 @@ def test_validation_errors_raise_the_clients_validation_error(client):
         client.text_generation("Hello", max_new_tokens=100_000)
 
 
-def test_generate_route_with_typed_parts_and_seed_extras(server, reference):
+def test_generate_route_with_typed_parts_and_seed_extras(server, tiny_pipeline):
     body = {"inputs": [{"type": "text", "text": "What is it?"},
                        {"type": "image_url", "image_url": data_url(IMAGE.read_bytes(), "image/png")}],
             "parameters": {"max_new_tokens": 8, "details": False, "decoder_input_details": False,
@@ -66,15 +66,15 @@ def test_generate_route_with_typed_parts_and_seed_extras(server, reference):
                            "typical_p": 0.5, "watermark": False, "adapter_id": "456"}}
     response = httpx.post(f"{server.url}/generate", content=json.dumps(body), headers=server.headers)
     assert response.status_code == 200, response.text
-    assert response.json() == {"generated_text": greedy(reference, "What is it?", 8, images=[load_image(IMAGE)]),
+    assert response.json() == {"generated_text": greedy(tiny_pipeline, "What is it?", 8, images=[load_image(IMAGE)]),
                                "details": None}
 
 
-def test_generate_stream_route_events(server, reference):
+def test_generate_stream_route_events(server, tiny_pipeline):
     body = {"inputs": "Hello", "parameters": {"max_new_tokens": 5, "return_full_text": True}}
     with httpx.stream("POST", f"{server.url}/generate_stream", json=body, headers=server.headers) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
         events = [json.loads(line[5:]) for line in response.iter_lines() if line.startswith("data:")]
     assert len(events) == 5 and [e["index"] for e in events] == [0, 1, 2, 3, 4]
-    assert events[-1]["generated_text"] == "Hello" + greedy(reference, "Hello", 5)
+    assert events[-1]["generated_text"] == "Hello" + greedy(tiny_pipeline, "Hello", 5)
 

@@ -43,8 +43,8 @@ def video() -> bytes:
 
 
 @pytest.fixture(scope="module")
-def video_reference() -> Pipeline:
-    return Pipeline.load("tiny:cogvlm2-video", device="cpu")
+def video_reference(tiny_pipelines) -> Pipeline:
+    return tiny_pipelines("cogvlm2-video")
 
 
 @pytest.fixture(scope="module")

@@ -1,26 +1,12 @@
-"""Shared helpers: the parity fixtures (THUDM's layout, written by the original code) and a built checkpoint."""
+"""Tiny checkpoints written once for the tiny tests (the parity fixtures they are compared with: testkit)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from parity_paths import PARITY_DIR
 
 from coglens.tiny import TINY_VARIANTS, write_tiny_checkpoint
-
-
-@pytest.fixture
-def fixture_dir():
-    """``fixture_dir(variant)``: the fixture's single-file checkpoint folder."""
-
-    def find(variant: str, suffix: str = "") -> Path:
-        path = PARITY_DIR / f"{variant}-tiny{suffix}"
-        if not path.is_dir():
-            pytest.fail(f"parity fixtures not found at {path}")
-        return path
-
-    return find
 
 
 @pytest.fixture(scope="session")

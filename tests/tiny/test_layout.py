@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
+from testkit import parity_folder
 
 from coglens.tiny import TINY_VARIANTS
 from coglens.tiny.checkpoint import SHARD_NAMES
@@ -40,8 +41,8 @@ def _dims_of(config: dict) -> tuple[LanguageDims, VisionDims]:
 
 
 @pytest.mark.parametrize("variant", TINY_VARIANTS)
-def test_spec_for_fixture_dims_matches_fixture_keys_and_shapes(variant, fixture_dir):
-    folder = fixture_dir(variant)
+def test_spec_for_fixture_dims_matches_fixture_keys_and_shapes(variant):
+    folder = parity_folder(variant)
     config = json.loads((folder / "config.json").read_text())
     lm, vision = _dims_of(config)
     spec = checkpoint_spec(get_tiny_variant(variant), config["vocab_size"], lm, vision)
@@ -49,8 +50,8 @@ def test_spec_for_fixture_dims_matches_fixture_keys_and_shapes(variant, fixture_
 
 
 @pytest.mark.parametrize("variant", TINY_VARIANTS)
-def test_written_checkpoint_matches_fixture_but_for_vocab_rows(variant, fixture_dir, tiny_dirs):
-    expected = _shapes(fixture_dir(variant) / "model.safetensors")
+def test_written_checkpoint_matches_fixture_but_for_vocab_rows(variant, tiny_dirs):
+    expected = _shapes(parity_folder(variant) / "model.safetensors")
     vocab = json.loads((tiny_dirs[variant] / "config.json").read_text())["vocab_size"]
     for key in ("model.embed_tokens.weight", "lm_head.weight"):
         expected[key] = (vocab, expected[key][1])
@@ -60,8 +61,8 @@ def test_written_checkpoint_matches_fixture_but_for_vocab_rows(variant, fixture_
 
 
 @pytest.mark.parametrize("variant", TINY_VARIANTS)
-def test_rotary_inv_freq_is_bit_identical_to_fixture(variant, fixture_dir, tiny_dirs):
-    reference = load_file(fixture_dir(variant) / "model.safetensors")
+def test_rotary_inv_freq_is_bit_identical_to_fixture(variant, tiny_dirs):
+    reference = load_file(parity_folder(variant) / "model.safetensors")
     ours = _written_tensors(tiny_dirs[variant])
     for layer in range(2):
         key = f"model.layers.{layer}.self_attn.rotary_emb.inv_freq"
@@ -77,9 +78,9 @@ def test_rotary_base_by_hand(tiny_dirs):
 
 
 @pytest.mark.parametrize("variant", TINY_VARIANTS)
-def test_weight_scales_follow_the_fixture_generator(variant, fixture_dir, tiny_dirs):
+def test_weight_scales_follow_the_fixture_generator(variant, tiny_dirs):
     """Same draw rule as the fixture (different draws): per-tensor mean and std agree within sampling noise."""
-    reference = load_file(fixture_dir(variant) / "model.safetensors")
+    reference = load_file(parity_folder(variant) / "model.safetensors")
     ours = _written_tensors(tiny_dirs[variant])
     for key, ref in reference.items():
         if key.endswith("inv_freq"):
@@ -114,15 +115,15 @@ def test_index_is_consistent_with_shards(variant, tiny_dirs):
 
 
 @pytest.mark.parametrize("variant", TINY_VARIANTS)
-def test_shard_split_matches_fixture_sharded_folder(variant, fixture_dir, tiny_dirs):
-    reference = json.loads((fixture_dir(variant, "-sharded") / "model.safetensors.index.json").read_text())
+def test_shard_split_matches_fixture_sharded_folder(variant, tiny_dirs):
+    reference = json.loads((parity_folder(variant, "-sharded") / "model.safetensors.index.json").read_text())
     ours = json.loads((tiny_dirs[variant] / "model.safetensors.index.json").read_text())
     assert ours["weight_map"] == reference["weight_map"]
 
 
 @pytest.mark.parametrize("variant", TINY_VARIANTS)
-def test_config_json_follows_thudm_fields(variant, fixture_dir, tiny_dirs):
-    reference = json.loads((fixture_dir(variant) / "config.json").read_text())
+def test_config_json_follows_thudm_fields(variant, tiny_dirs):
+    reference = json.loads((parity_folder(variant) / "config.json").read_text())
     ours = json.loads((tiny_dirs[variant] / "config.json").read_text())
     assert set(ours) == set(reference) - {"auto_map", "transformers_version"} | {"model_type"}
     assert ours["architectures"] == reference["architectures"]

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from fractions import Fraction
 
 import pytest
 import torch
-from safetensors.torch import load_file
-from video_helpers import GOLDENS_DIR, SyntheticVideo, write_video
+from testkit import load_cases, load_goldens
+from video_helpers import SyntheticVideo, write_video
 
 
 @pytest.fixture(scope="session")
@@ -31,15 +30,9 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> dict[str, SyntheticVi
 
 @pytest.fixture(scope="session")
 def goldens() -> dict[str, torch.Tensor]:
-    path = GOLDENS_DIR / "goldens.safetensors"
-    if not path.is_file():
-        pytest.fail(f"parity fixtures not found at {path}")
-    return load_file(path)
+    return load_goldens("cogvlm2-video")
 
 
 @pytest.fixture(scope="session")
 def golden_cases() -> dict[str, dict]:
-    path = GOLDENS_DIR / "cases.json"
-    if not path.is_file():
-        pytest.fail(f"parity fixtures not found at {path}")
-    return json.loads(path.read_text())["cases"]["frames"]["videos"]
+    return load_cases("cogvlm2-video")["cases"]["frames"]["videos"]

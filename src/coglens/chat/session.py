@@ -19,8 +19,6 @@ from ..engine import GenerationRequest, SamplingParams
 from ..grounding import GroundingResult, parse_boxes
 from ..processing.template import resolve_template
 
-VIDEO_VARIANT = "cogvlm2_video"
-
 
 class ChatMediaError(ValueError):
     """An image given to a video model, a video given to an image model, or media the session cannot use."""
@@ -54,14 +52,13 @@ class ChatSession:
     def __init__(self, pipe: Any, *, template: str | None = None, multi_image: bool = False) -> None:
         self.pipe = pipe
         self.template = resolve_template(template, pipe.config.template_version)
-        self.is_video_model = pipe.config.variant == VIDEO_VARIANT
         self.multi_image = multi_image
         if multi_image and self.template == "base":
             raise ChatMediaError(
                 "--multi-image keeps images in the history, but the 'base' template (used by --grounding) "
                 "has no history; use the chat or vqa template, or leave --multi-image off"
             )
-        if multi_image and self.is_video_model:
+        if multi_image and self.pipe.config.is_video:
             raise ChatMediaError(
                 "--multi-image is for image models; CogVLM2-Video takes one video per conversation"
             )
@@ -84,7 +81,7 @@ class ChatSession:
     def load_image(self, source: str | Path | Image.Image) -> Media:
         from ..processing.image import load_image, preprocess_image
 
-        if self.is_video_model:
+        if self.pipe.config.is_video:
             raise ChatMediaError(f"{self.pipe.model_path} is a video model: give it a video (/video PATH)")
         picture = load_image(source)
         pixels = preprocess_image(picture, self.pipe.config.vision_config.image_size)
@@ -93,7 +90,7 @@ class ChatSession:
     def load_video(self, source: str | Path) -> Media:
         from ..processing.video import load_video
 
-        if not self.is_video_model:
+        if not self.pipe.config.is_video:
             raise ChatMediaError(
                 f"{self.pipe.model_path} is an image model ({self.pipe.config.variant}); videos need a "
                 "CogVLM2-Video checkpoint, e.g. --model tiny:cogvlm2-video"

@@ -16,10 +16,10 @@ import gradio as gr
 from PIL import Image
 
 from ..engine import EngineError, SamplingParams, Scheduler
+from ..processing.template import TEMPLATE_VERSIONS
 from .boxes import boxed_picture
 from .session import ChatSession
 
-TEMPLATES = ("chat", "vqa", "base")
 MAX_QUEUE = 64  # questions waiting for a place in the batch before new ones are refused
 REQUEST_TIMEOUT_S = 3600.0
 Messages = list[dict[str, str]]
@@ -41,7 +41,7 @@ class ChatHandlers:
         try:
             if media is None:
                 loaded = None
-            elif session.is_video_model:
+            elif session.pipe.config.is_video:
                 loaded = session.load_video(media)
             else:
                 loaded = session.load_image(media)
@@ -66,8 +66,8 @@ class ChatHandlers:
             raise gr.Error("type a question first")
         session.template = template
         try:
-            params = SamplingParams(max_new_tokens=int(max_new_tokens), temperature=float(temperature),
-                                    do_sample=temperature > 0, top_p=float(top_p), top_k=int(top_k))
+            params = SamplingParams.from_temperature(float(temperature), max_new_tokens=int(max_new_tokens),
+                                                     top_p=float(top_p), top_k=int(top_k))
             group = self.scheduler.submit([session.request(question, params)], protocol="web")
         except (ValueError, OSError, EngineError) as exc:  # bad settings, a full queue...
             raise gr.Error(str(exc)) from exc
@@ -102,7 +102,7 @@ def build_demo(pipe: Any, scheduler: Scheduler, *, concurrency: int | None = Non
     """
     handlers = ChatHandlers(pipe, scheduler)
     config = pipe.config
-    is_video = config.variant == "cogvlm2_video"
+    is_video = config.is_video
     media_kind = "video" if is_video else "image"
     concurrency = concurrency or pipe.engine.max_batch_size
     with gr.Blocks(title="CogLens chat") as demo:
@@ -117,7 +117,7 @@ def build_demo(pipe: Any, scheduler: Scheduler, *, concurrency: int | None = Non
                     media = gr.Image(label="Image", type="pil", sources=["upload"], elem_id="media")
                 boxes = gr.Image(label="Grounding boxes", type="pil", format="png", interactive=False,
                                  visible=not is_video, elem_id="boxes")
-                template = gr.Radio(list(TEMPLATES), value=config.template_version or "chat",
+                template = gr.Radio(list(TEMPLATE_VERSIONS), value=config.template_version,
                                     label="Template", elem_id="template")
                 with gr.Accordion("Sampling", open=True):
                     temperature = gr.Slider(0.0, 2.0, value=0.0, step=0.05, label="Temperature (0 = greedy)")

@@ -1,25 +1,25 @@
 """Options shared by several commands, defined once, and the checks that need no model.
 
 This module is imported to build the ``coglens`` command, so ``coglens --help`` loads it: it must stay light
-(typer, click, the standard library; never torch, transformers or the coglens packages that import them).
-The checks below run first thing in a command, so a bad option fails in milliseconds, not after the model loads.
+(typer, click, the standard library, and the light coglens modules that hold the names users choose from:
+``coglens.processing.template``, ``coglens.processing.video.strategies``, ``coglens.modeling.dtypes``,
+``coglens.tiny.variants``; never
+torch, transformers or the modules that import them). The checks below run first thing in a command, so a bad
+option fails in milliseconds, not after the model loads.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Literal, get_args
+from typing import Annotated
 
 import typer
 
-# The names the heavy modules define, repeated here so that the options need not import them
-# (tests/cli/test_startup.py checks that they agree).
-Template = Literal["chat", "vqa", "base"]  # coglens.processing.template.TEMPLATE_VERSIONS
-VideoStrategy = Literal["chat", "base"]  # coglens.processing.video.sampling.SamplingStrategy
-TEMPLATES: tuple[str, ...] = get_args(Template)
-# What coglens.modeling.loading.resolve_dtype takes; other float8_*/float4_* names are left to it.
-DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16", "half", "float", "float64", "double")
+from coglens.modeling.dtypes import AUTO_DTYPE, FLOAT_DTYPES, dtype_name
+from coglens.processing.template import TemplateVersion
+from coglens.processing.video.strategies import DEFAULT_NUM_FRAMES, DEFAULT_WINDOW_S, SamplingStrategy
+from coglens.tiny.variants import DEFAULT_TINY_MODEL, TINY_PREFIX
 
 
 def _check_top_p(value: float) -> float:
@@ -31,16 +31,18 @@ def _check_top_p(value: float) -> float:
 ModelOpt = Annotated[
     str | None,
     typer.Option("--model", "-m", envvar="COGLENS_MODEL",
-                 help="Checkpoint folder (THUDM layout) or tiny:VARIANT. Default: the built-in tiny CogVLM2."),
+                 help=f"Checkpoint folder (THUDM layout) or {TINY_PREFIX}VARIANT. Default: the built-in "
+                 f"{DEFAULT_TINY_MODEL}."),
 ]
 TokenizerOpt = Annotated[
     str | None, typer.Option("--tokenizer", help="Tokenizer folder, if the checkpoint ships none (CogVLM-1).")
 ]
 TemplateOpt = Annotated[
-    Template | None, typer.Option("--template", help="Prompt template (default: the checkpoint's).")
+    TemplateVersion | None, typer.Option("--template", help="Prompt template (default: the checkpoint's).")
 ]
 DtypeOpt = Annotated[
-    str | None, typer.Option("--dtype", help="float32 | bfloat16 | float16 (default: bf16 on CUDA, else fp32).")
+    str | None,
+    typer.Option("--dtype", help=f"{' | '.join(FLOAT_DTYPES)} (default: bf16 on CUDA, else fp32)."),
 ]
 DeviceOpt = Annotated[
     str | None, typer.Option("--device", envvar="COGLENS_DEVICE", help="cpu | cuda | cuda:N | mps | auto.")
@@ -56,9 +58,10 @@ BoxesOutOpt = Annotated[
     Path | None, typer.Option("--boxes-out", help="Save the image with the answer's grounding boxes drawn.")
 ]
 VideoStrategyOpt = Annotated[
-    VideoStrategy | None,
-    typer.Option("--video-strategy", help="chat: the frame nearest each second (first 24 s); base: 24 frames over "
-                 "the first 60 s. Default: base for the base template, else chat."),
+    SamplingStrategy | None,
+    typer.Option("--video-strategy", help=f"chat: the frame nearest each second (first {DEFAULT_NUM_FRAMES} s); "
+                 f"base: {DEFAULT_NUM_FRAMES} frames over the first {DEFAULT_WINDOW_S:g} s. Default: base for the "
+                 "base template, else chat."),
 ]
 NumFramesOpt = Annotated[
     int, typer.Option("--num-frames", min=1, help="Frames to sample (each costs 66 tokens on the real model).")
@@ -69,8 +72,17 @@ NumFramesOpt = Annotated[
 
 
 def check_dtype(dtype: str | None) -> None:
-    if dtype is not None and dtype not in DTYPE_NAMES and not dtype.startswith(("float8_", "float4_")):
-        raise ValueError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
+    if dtype not in (None, AUTO_DTYPE):
+        dtype_name(dtype)  # the names the model loader takes (it raises for others)
+
+
+def check_media_options(image: Path | None, video: Path | None, boxes_out: Path | None, dtype: str | None) -> None:
+    """The file and dtype options of ``ask`` and ``chat``: media that exist, a boxes image that can be written."""
+    check_input_file(image, "--image")
+    check_input_file(video, "--video")
+    check_output_file(boxes_out, "--boxes-out")
+    check_image_suffix(boxes_out, "--boxes-out")
+    check_dtype(dtype)
 
 
 def check_input_file(path: Path | None, option: str) -> None:

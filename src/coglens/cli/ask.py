@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from coglens.processing.video.strategies import DEFAULT_NUM_FRAMES
+
 from ._options import (
     BoxesOutOpt,
     DeviceOpt,
@@ -24,10 +26,7 @@ from ._options import (
     TopPOpt,
     VideoOpt,
     VideoStrategyOpt,
-    check_dtype,
-    check_image_suffix,
-    check_input_file,
-    check_output_file,
+    check_media_options,
 )
 
 if TYPE_CHECKING:
@@ -39,7 +38,7 @@ def ask(
     image: ImageOpt = None,
     video: VideoOpt = None,
     video_strategy: VideoStrategyOpt = None,
-    num_frames: NumFramesOpt = 24,
+    num_frames: NumFramesOpt = DEFAULT_NUM_FRAMES,
     model: ModelOpt = None,
     tokenizer: TokenizerOpt = None,
     template: TemplateOpt = None,
@@ -58,19 +57,15 @@ def ask(
         raise ValueError("give --image or --video, not both")
     if boxes_out is not None and image is None:  # say so before the model runs, not after the answer
         raise ValueError("--boxes-out needs --image: boxes are drawn on the image they refer to")
-    check_input_file(image, "--image")
-    check_input_file(video, "--video")
-    check_output_file(boxes_out, "--boxes-out")
-    check_image_suffix(boxes_out, "--boxes-out")
-    check_dtype(dtype)
+    check_media_options(image, video, boxes_out, dtype)
 
     from ..engine import SamplingParams
     from ..pipeline import Pipeline
     from ..processing.image import load_image
     from .media import load_media
 
-    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, do_sample=temperature > 0,
-                            top_p=top_p, top_k=top_k, seed=seed)
+    params = SamplingParams.from_temperature(temperature, max_new_tokens=max_new_tokens, top_p=top_p, top_k=top_k,
+                                             seed=seed)
     picture = load_image(image) if image is not None else None  # an unreadable image fails before the model loads
     pipe = Pipeline.load(model, tokenizer=tokenizer, dtype=dtype, device=device)
     images = load_media(pipe, image=picture, video=video, template=template, video_strategy=video_strategy,

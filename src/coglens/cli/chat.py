@@ -21,10 +21,7 @@ from ._options import (
     TopKOpt,
     TopPOpt,
     VideoOpt,
-    check_dtype,
-    check_image_suffix,
-    check_input_file,
-    check_output_file,
+    check_media_options,
 )
 
 GroundingOpt = Annotated[
@@ -60,19 +57,15 @@ def chat(
         raise typer.BadParameter("give --image or --video, not both")
     if grounding and template not in (None, "base"):
         raise typer.BadParameter(f"--grounding uses the base template; drop --template {template}")
-    check_input_file(image, "--image")
-    check_input_file(video, "--video")
-    check_output_file(boxes_out, "--boxes-out")
-    check_image_suffix(boxes_out, "--boxes-out")
-    check_dtype(dtype)
+    check_media_options(image, video, boxes_out, dtype)
 
     from ..chat.repl import ChatRepl
     from ..chat.session import ChatSession
     from ..engine import SamplingParams
     from ..pipeline import Pipeline
 
-    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, do_sample=temperature > 0,
-                            top_p=top_p, top_k=top_k, seed=seed)
+    params = SamplingParams.from_temperature(temperature, max_new_tokens=max_new_tokens, top_p=top_p, top_k=top_k,
+                                             seed=seed)
     _enable_line_editing()
     typer.echo("Loading the model...", err=True)
     pipe = Pipeline.load(model, tokenizer=tokenizer, dtype=dtype, device=device, max_batch_size=1)

@@ -7,16 +7,17 @@ from typing import Annotated
 
 import typer
 
+from coglens.lens.store.formats import EXPORT_FORMATS
+
 from ._errors import check_database_exists, lens_errors_exit
 from ._options import check_output_file
 
 DatabaseArg = Annotated[str, typer.Argument(help="Lens database: a SQLite file or a postgresql+psycopg:// URL.")]
-EXPORT_SUFFIXES = (".npz", ".safetensors", ".parquet")  # coglens.lens.store.export.FORMATS_BY_SUFFIX
 
 
 def export_command(
     db: DatabaseArg,
-    out: Annotated[Path, typer.Argument(help="Output file; its suffix picks the format: .npz .safetensors .parquet.")],
+    out: Annotated[Path, typer.Argument(help=f"Output file; its suffix picks the format: {' '.join(EXPORT_FORMATS)}.")],
     run: Annotated[str | None, typer.Option("--run", help="Run name (default: the only run).")] = None,
     module: Annotated[
         list[str] | None,
@@ -24,8 +25,8 @@ def export_command(
     ] = None,
 ) -> None:
     """Export one run's activations, stacked over samples, for numpy / safetensors / pyarrow users."""
-    if out.suffix.lower() not in EXPORT_SUFFIXES:
-        raise typer.BadParameter(f"{str(out)!r}: end it with {', '.join(EXPORT_SUFFIXES)} to pick the format",
+    if out.suffix.lower() not in EXPORT_FORMATS:
+        raise typer.BadParameter(f"{str(out)!r}: end it with {', '.join(EXPORT_FORMATS)} to pick the format",
                                  param_hint="OUT")
     check_output_file(out, "OUT")
     check_database_exists(db)

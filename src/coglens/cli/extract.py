@@ -13,6 +13,11 @@ from typing import Annotated
 
 import typer
 
+from coglens.lens.capture.choices import CAPTURE_CHOICES, POOLING_CHOICES, STEP_CHOICES, TOKEN_CHOICES
+from coglens.lens.store.formats import OUTPUT_FORMATS, STORE_DTYPES
+from coglens.modeling.dtypes import DTYPE_CHOICES
+from coglens.tiny.variants import TINY_PREFIX
+
 from ._errors import lens_errors_exit
 from ._options import check_input_dir, check_input_file, check_output_file
 
@@ -23,7 +28,7 @@ ConfigOpt = Annotated[
 ]
 ModelOpt = Annotated[
     str | None,
-    typer.Option("--model", "-m", help="Checkpoint folder or tiny:VARIANT (the config's model_path)."),
+    typer.Option("--model", "-m", help=f"Checkpoint folder or {TINY_PREFIX}VARIANT (the config's model_path)."),
 ]
 OutputOpt = Annotated[
     str | None,
@@ -33,10 +38,10 @@ DeviceOpt = Annotated[
     str | None, typer.Option("--device", help="cpu | cuda | cuda:N | mps | auto (all GPUs).")
 ]
 DtypeOpt = Annotated[
-    str | None, typer.Option("--dtype", help="Model dtype: auto | float32 | bfloat16 | float16.")
+    str | None, typer.Option("--dtype", help=f"Model dtype: {' | '.join(DTYPE_CHOICES)}.")
 ]
 StoreDtypeOpt = Annotated[
-    str | None, typer.Option("--store-dtype", help="Stored dtype: model | float32 | bfloat16 | float16.")
+    str | None, typer.Option("--store-dtype", help=f"Stored dtype: {' | '.join(STORE_DTYPES)}.")
 ]
 BatchSizeOpt = Annotated[int | None, typer.Option("--batch-size", "-b", help="Samples per forward pass.")]
 RunNameOpt = Annotated[
@@ -50,16 +55,11 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar."
 ModuleOpt = Annotated[
     list[str] | None, typer.Option("--module", "-M", help="Module pattern to capture; repeat for several.")
 ]
-TokensOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--tokens", help="all | last | image | text | boi | eoi | [0, -1] | slice:START:STOP | frame:N"
-    ),
-]
-PoolingOpt = Annotated[str | None, typer.Option("--pooling", help="none | mean | max | last.")]
-StepsOpt = Annotated[str | None, typer.Option("--steps", help="prefill | all (every generation step).")]
-CaptureOpt = Annotated[str | None, typer.Option("--capture", help="output | input | both.")]
-FormatOpt = Annotated[str | None, typer.Option("--output-format", help="coglens | vlm-lens.")]
+TokensOpt = Annotated[str | None, typer.Option("--tokens", help=TOKEN_CHOICES.replace("[", r"\["))]  # not markup
+PoolingOpt = Annotated[str | None, typer.Option("--pooling", help=f"{' | '.join(POOLING_CHOICES)}.")]
+StepsOpt = Annotated[str | None, typer.Option("--steps", help=f"{' | '.join(STEP_CHOICES)} (every generation step).")]
+CaptureOpt = Annotated[str | None, typer.Option("--capture", help=f"{' | '.join(CAPTURE_CHOICES)}.")]
+FormatOpt = Annotated[str | None, typer.Option("--output-format", help=f"{' | '.join(OUTPUT_FORMATS)}.")]
 PromptOpt = Annotated[str | None, typer.Option("--prompt", help="Prompt for every input_dir image.")]
 InputDirOpt = Annotated[
     str | None, typer.Option("--input-dir", help="Folder of images (replaces the config's input).")

@@ -41,7 +41,7 @@ def modules(
 
     from coglens.lens.capture.modules import module_table, resolve_modules
     from coglens.lens.run.discovery import list_modules, write_module_log
-    from coglens.pipeline import DEFAULT_TINY_VARIANT, Pipeline
+    from coglens.pipeline import DEFAULT_TINY_MODEL, Pipeline
     from coglens.processing import CogvlmProcessor
 
     pipe = Pipeline.load(model, tokenizer=tokenizer, dtype=dtype, device=device)
@@ -56,5 +56,5 @@ def modules(
     table.columns[0].no_wrap = True  # a truncated module name cannot be copied into a config
     console.print(table)
     if log:
-        path = write_module_log(pipe.model, model or f"tiny:{DEFAULT_TINY_VARIANT}", logs_dir)
+        path = write_module_log(pipe.model, model or DEFAULT_TINY_MODEL, logs_dir)
         typer.echo(f"wrote {len(infos)} module names to {path}")

@@ -72,7 +72,7 @@ def serve(
 
     import uvicorn
 
-    from ..pipeline import DEFAULT_TINY_VARIANT, Pipeline
+    from ..pipeline import DEFAULT_TINY_MODEL, Pipeline
     from ..serve.app import create_app
     from ..serve.limits import ServeLimits
     from ..serve.settings import ServeSettings
@@ -84,7 +84,7 @@ def serve(
         request_timeout_s=request_timeout, fetch_timeout_s=fetch_timeout, max_redirects=max_redirects,
     )
     settings = ServeSettings(
-        model=model or f"tiny:{DEFAULT_TINY_VARIANT}", tokenizer=tokenizer, dtype=dtype, device=device,
+        model=model or DEFAULT_TINY_MODEL, tokenizer=tokenizer, dtype=dtype, device=device,
         max_batch_size=max_batch_size, served_model_names=tuple(served_model_name or ()), template=template,
         api_key=api_key, cors_origins=tuple(cors_origin or ()), allow_local_media=allow_local_media,
         allow_remote_media=allow_remote_media, limits=limits,

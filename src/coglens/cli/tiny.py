@@ -7,32 +7,27 @@ from typing import Annotated
 
 import typer
 
-# coglens.tiny.TINY_VARIANTS, repeated so that building the CLI does not import torch (tests/cli/test_startup.py
-# checks that they agree).
-TINY_VARIANT_NAMES = ("cogvlm", "cogvlm2", "cogvlm2-video")
+from coglens.tiny.variants import TINY_VARIANTS, UnknownTinyVariantError, get_tiny_variant
 
 
 def tiny(
-    variant: Annotated[str, typer.Argument(help=f"Checkpoint family: {' | '.join(TINY_VARIANT_NAMES)}.")],
+    variant: Annotated[str, typer.Argument(help=f"Checkpoint family: {' | '.join(TINY_VARIANTS)}.")],
     out_dir: Annotated[Path, typer.Argument(help="Folder to write (created if missing; must hold nothing else).")],
     seed: Annotated[int, typer.Option("--seed", help="Seed of the random weights.")] = 0,
 ) -> None:
     """Write a tiny, randomly initialised checkpoint and tokenizer in THUDM's layout (outputs are meaningless)."""
-    if variant not in TINY_VARIANT_NAMES:  # before torch loads; write_tiny_checkpoint checks again
-        raise typer.BadParameter(
-            f"no tiny checkpoint for variant {variant!r}; choose one of: {', '.join(TINY_VARIANT_NAMES)}",
-            param_hint="VARIANT",
-        )
+    try:
+        get_tiny_variant(variant)  # before torch loads
+    except UnknownTinyVariantError as err:
+        raise typer.BadParameter(str(err), param_hint="VARIANT") from None
     if out_dir.exists() and not out_dir.is_dir():
         raise typer.BadParameter(f"{out_dir} is a file; give a folder path for the tiny checkpoint",
                                  param_hint="OUT_DIR")
 
-    from coglens.tiny import TinyOutputDirError, UnknownTinyVariantError, write_tiny_checkpoint
+    from coglens.tiny import TinyOutputDirError, write_tiny_checkpoint
 
     try:
         written = write_tiny_checkpoint(variant, out_dir, seed=seed)
-    except UnknownTinyVariantError as err:
-        raise typer.BadParameter(str(err), param_hint="VARIANT") from None
     except TinyOutputDirError as err:
         raise typer.BadParameter(str(err), param_hint="OUT_DIR") from None
     typer.echo(f"Wrote the tiny {variant} checkpoint (seed {seed}, random weights) to {written}:")

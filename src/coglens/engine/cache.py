@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from ..processing.padding import pad_left
+
 
 class BatchKVCache:
     """Per layer (B, kv_heads, L, D) keys and values; duck-types the two methods the model calls.
@@ -64,7 +66,8 @@ class BatchKVCache:
         width = max(self.get_seq_length(), other.get_seq_length())
 
         def stack(mine: list[torch.Tensor], theirs: list[torch.Tensor]) -> list[torch.Tensor]:
-            return [torch.cat((_pad_left(a, width), _pad_left(b, width))) for a, b in zip(mine, theirs, strict=True)]
+            return [torch.cat((pad_left(a, width, dim=2), pad_left(b, width, dim=2)))
+                    for a, b in zip(mine, theirs, strict=True)]
 
         self._reset(stack(self.keys, other.keys), stack(self.values, other.values))
 
@@ -75,14 +78,3 @@ def _grow(x: torch.Tensor, used: int, needed: int) -> torch.Tensor:
     out[:, :, :used] = x[:, :, :used]
     return out
 
-
-def _pad_left(x: torch.Tensor, width: int) -> torch.Tensor:
-    missing = width - x.shape[2]
-    if missing == 0:
-        return x
-    return torch.cat((x.new_zeros(x.shape[0], x.shape[1], missing, x.shape[3]), x), dim=2)
-
-
-def pad_mask_left(mask: torch.Tensor, width: int) -> torch.Tensor:
-    missing = width - mask.shape[1]
-    return mask if missing == 0 else torch.cat((mask.new_zeros(mask.shape[0], missing), mask), dim=1)

@@ -19,7 +19,8 @@ import torch
 
 from ..modeling.modeling_cogvlm import execution_device
 from ..modeling.routing import build_position_ids
-from .cache import BatchKVCache, pad_mask_left
+from ..processing.padding import left_padded_batch, pad_left
+from .cache import BatchKVCache
 from .context import fit_new_tokens
 from .errors import EngineInputError
 from .params import GenerationRequest, GenerationResult, TokenEvent
@@ -192,15 +193,9 @@ class Engine:
         return admitted
 
     def _prefill(self, seqs: list[_Sequence]) -> list[TokenEvent]:
-        width = max(s.request.input_ids.numel() for s in seqs)
-        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
-        types = torch.zeros_like(ids)
-        mask = torch.zeros_like(ids)
-        for row, s in enumerate(seqs):
-            n = s.request.input_ids.numel()
-            ids[row, width - n:] = s.request.input_ids
-            types[row, width - n:] = s.request.token_type_ids
-            mask[row, width - n:] = 1
+        ids, types, mask = left_padded_batch([s.request.input_ids for s in seqs],
+                                             [s.request.token_type_ids for s in seqs], pad_token_id=self.pad_id)
+        width = ids.shape[1]
         ids, types, mask = ids.to(self.device), types.to(self.device), mask.to(self.device)
         positions = build_position_ids(types, mask)
         cache = BatchKVCache()
@@ -212,7 +207,7 @@ class Engine:
         new_tokens, events = self._sample(seqs, out.logits[:, -1])
         total = max(self._mask.shape[1], width)
         self._cache.extend(cache)
-        self._mask = torch.cat((pad_mask_left(self._mask, total), pad_mask_left(mask, total)))
+        self._mask = torch.cat((pad_left(self._mask, total), pad_left(mask, total)))
         self._positions = torch.cat((self._positions, positions[:, -1] + 1))
         self._last = torch.cat((self._last, new_tokens))
         self._running += seqs

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -48,6 +48,12 @@ class SamplingParams:
             self.stop = [self.stop]
         if any(not s for s in self.stop):  # "" is in every text: it would end every answer at once
             raise EngineInputError("stop strings must not be empty")
+
+    @classmethod
+    def from_temperature(cls, temperature: float, *, do_sample: bool | None = None, **fields: Any) -> SamplingParams:
+        """The rule of the CLI, the chat demos and the servers' protocols: sample when ``temperature > 0``, greedy
+        at 0. ``do_sample=False`` (a request's explicit choice) is greedy whatever the temperature."""
+        return cls(temperature=temperature, do_sample=do_sample is not False and temperature > 0, **fields)
 
     @property
     def greedy(self) -> bool:

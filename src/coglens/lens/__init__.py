@@ -4,63 +4,26 @@ The rooms: ``capture`` (hooks on a model's modules, token selection and pooling,
 or a generation), ``run`` (a config's inputs through the model into a database: the ``coglens extract`` job),
 ``store`` (the lens database: writers, reader, export, merge) and ``interpret`` (tools that explain what a
 model attends to, such as ``coglens explain``'s attention maps).
+
+The names below load on first use (PEP 562): ``coglens.lens.store.formats`` stays light to import.
 """
 
-from coglens.lens.run.config import LensConfig, LensConfigError, load_lens_config
-from coglens.lens.run.progress import LensSummary
-from coglens.lens.run.runner import run_lens
-from coglens.lens.store.codec import DTYPE_NAMES, decode_array, decode_tensor, encode_tensor
-from coglens.lens.store.coglens_db import LensStore
-from coglens.lens.store.errors import (
-    ActivationNotFoundError,
-    ActivationShapeError,
-    BatchError,
-    FormatError,
-    LensDatabaseError,
-    LensStoreError,
-    RunMismatchError,
-    RunNotFoundError,
-    RunSettingsMismatchError,
-    UnsupportedDtypeError,
-)
-from coglens.lens.store.export import export
-from coglens.lens.store.formats import OUTPUT_FORMATS, open_writer
-from coglens.lens.store.merge import MergeReport, merge_databases
-from coglens.lens.store.reader import LensDB, open
-from coglens.lens.store.records import ActivationRecord, SampleRecord
-from coglens.lens.store.vlmlens_db import VlmLensStore
-from coglens.lens.store.writer import LensWriter
+from coglens._lazy import lazy_exports
 
-__all__ = [
-    "DTYPE_NAMES",
-    "OUTPUT_FORMATS",
-    "ActivationNotFoundError",
-    "ActivationRecord",
-    "ActivationShapeError",
-    "BatchError",
-    "FormatError",
-    "LensDB",
-    "LensConfig",
-    "LensConfigError",
-    "LensDatabaseError",
-    "LensStore",
-    "LensStoreError",
-    "LensSummary",
-    "LensWriter",
-    "MergeReport",
-    "RunMismatchError",
-    "RunNotFoundError",
-    "RunSettingsMismatchError",
-    "SampleRecord",
-    "UnsupportedDtypeError",
-    "VlmLensStore",
-    "decode_array",
-    "decode_tensor",
-    "encode_tensor",
-    "export",
-    "load_lens_config",
-    "merge_databases",
-    "open",
-    "open_writer",
-    "run_lens",
-]
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    ".run.config": ("LensConfig", "LensConfigError", "load_lens_config"),
+    ".run.progress": ("LensSummary",),
+    ".run.runner": ("run_lens",),
+    ".store.codec": ("DTYPE_NAMES", "decode_array", "decode_tensor", "encode_tensor"),
+    ".store.coglens_db": ("LensStore",),
+    ".store.errors": ("ActivationNotFoundError", "ActivationShapeError", "BatchError", "FormatError",
+                      "LensDatabaseError", "LensStoreError", "RunMismatchError", "RunNotFoundError",
+                      "RunSettingsMismatchError", "UnsupportedDtypeError"),
+    ".store.export": ("export",),
+    ".store.formats": ("OUTPUT_FORMATS", "open_writer"),
+    ".store.merge": ("MergeReport", "merge_databases"),
+    ".store.reader": ("LensDB", "open"),
+    ".store.records": ("ActivationRecord", "SampleRecord"),
+    ".store.vlmlens_db": ("VlmLensStore",),
+    ".store.writer": ("LensWriter",),
+})

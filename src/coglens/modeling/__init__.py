@@ -1,29 +1,19 @@
-"""Native CogVLM modeling: configuration, vision tower, decoder with visual experts, checkpoint loading."""
+"""Native CogVLM modeling: configuration, vision tower, decoder with visual experts, checkpoint loading.
 
-from .configuration_cogvlm import (
-    Cogvlm2Config,
-    Cogvlm2VideoConfig,
-    CogvlmConfig,
-    CogvlmVisionConfig,
-    ConfigError,
-    load_config,
-)
-from .loading import CheckpointError
-from .modeling_cogvlm import (
-    Cogvlm2ForCausalLM,
-    Cogvlm2VideoForCausalLM,
-    CogvlmForCausalLM,
-    CogvlmModel,
-    CogvlmPreTrainedModel,
-    ModelInputError,
-)
-from .routing import build_position_ids, vision_expert_mask
+The names below load on first use (PEP 562): ``coglens.modeling.dtypes`` stays light to import.
+"""
 
-__all__ = [
-    "CheckpointError", "ConfigError", "Cogvlm2Config", "Cogvlm2ForCausalLM", "Cogvlm2VideoConfig",
-    "Cogvlm2VideoForCausalLM", "CogvlmConfig", "CogvlmForCausalLM", "CogvlmModel", "CogvlmPreTrainedModel",
-    "CogvlmVisionConfig", "ModelInputError", "build_position_ids", "load_config", "vision_expert_mask",
-]
+from coglens._lazy import lazy_exports
+
+__getattr__, __dir__, _lazy_names = lazy_exports(__name__, {
+    ".configuration_cogvlm": ("ConfigError", "Cogvlm2Config", "Cogvlm2VideoConfig", "CogvlmConfig",
+                              "CogvlmVisionConfig", "load_config"),
+    ".loading": ("CheckpointError",),
+    ".modeling_cogvlm": ("Cogvlm2ForCausalLM", "Cogvlm2VideoForCausalLM", "CogvlmForCausalLM", "CogvlmModel",
+                         "CogvlmPreTrainedModel", "ModelInputError"),
+    ".routing": ("build_position_ids", "vision_expert_mask"),
+})
+__all__ = [*_lazy_names, "register_auto_classes"]
 
 
 def register_auto_classes() -> None:
@@ -32,6 +22,9 @@ def register_auto_classes() -> None:
 
     from coglens.processing.image_processor import CogvlmImageProcessor
     from coglens.processing.processor import CogvlmProcessor
+
+    from .configuration_cogvlm import Cogvlm2Config, Cogvlm2VideoConfig, CogvlmConfig
+    from .modeling_cogvlm import Cogvlm2ForCausalLM, Cogvlm2VideoForCausalLM, CogvlmForCausalLM, CogvlmModel
 
     for config_cls, lm_cls in (
         (CogvlmConfig, CogvlmForCausalLM),

@@ -13,9 +13,13 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
-VARIANTS = ("cogvlm", "cogvlm2", "cogvlm2_video")
-MODEL_TYPES = {"cogvlm": "cogvlm", "cogvlm2": "cogvlm2", "cogvlm2_video": "cogvlm2_llama3_video"}
-ROPE_THETA = {"cogvlm": 10000.0, "cogvlm2": 500000.0, "cogvlm2_video": 500000.0}
+# The three released families; every other module asks a config (``is_video``...) or uses these names.
+COGVLM = "cogvlm"  # CogVLM-1: Vicuna, multi-head attention, no vision conv
+COGVLM2 = "cogvlm2"  # Llama-3, grouped-query attention, a 2x2 conv after the ViT
+COGVLM2_VIDEO = "cogvlm2_video"  # CogVLM2 without vision experts, taking video frames
+VARIANTS = (COGVLM, COGVLM2, COGVLM2_VIDEO)
+MODEL_TYPES = {COGVLM: "cogvlm", COGVLM2: "cogvlm2", COGVLM2_VIDEO: "cogvlm2_llama3_video"}
+ROPE_THETA = {COGVLM: 10000.0, COGVLM2: 500000.0, COGVLM2_VIDEO: 500000.0}
 LLAMA3_IMAGE_TOKEN_ID = 128002  # CogVLM2 hard-codes Llama-3's reserved id 128002 as the image placeholder
 
 
@@ -82,8 +86,8 @@ class CogvlmConfig(PretrainedConfig):
     ``"cogvlm2_video"`` (CogVLM2 without vision experts). It is inferred when the file does not say.
     """
 
-    model_type = "cogvlm"
-    variant_default = "cogvlm"
+    model_type = MODEL_TYPES[COGVLM]
+    variant_default = COGVLM
     # a sub-config: attn_implementation and dtype reach the vision tower the way transformers dispatches them
     sub_configs_defaults = {"vision_config": CogvlmVisionConfig}
 
@@ -133,7 +137,7 @@ class CogvlmConfig(PretrainedConfig):
             variant = infer_variant(num_multi_query_heads, kwargs.get("architectures"), self.variant_default)
         _require(variant in VARIANTS, "variant", f"unknown variant {variant!r}; expected one of {VARIANTS}")
         self.variant = variant
-        self.use_vision_experts = variant != "cogvlm2_video" if use_vision_experts is None else use_vision_experts
+        self.use_vision_experts = variant != COGVLM2_VIDEO if use_vision_experts is None else use_vision_experts
         self.rope_theta = ROPE_THETA[variant] if rope_theta is None else rope_theta
         self._image_token_id = image_token_id
         self.use_cache = use_cache
@@ -153,8 +157,13 @@ class CogvlmConfig(PretrainedConfig):
         return self.hidden_size // self.num_attention_heads
 
     @property
+    def is_video(self) -> bool:
+        """A CogVLM2-Video checkpoint: it takes video clips (frames), not images."""
+        return self.variant == COGVLM2_VIDEO
+
+    @property
     def has_vision_conv(self) -> bool:
-        return self.variant != "cogvlm"
+        return self.variant != COGVLM
 
     @property
     def has_vision_experts(self) -> bool:
@@ -170,7 +179,7 @@ class CogvlmConfig(PretrainedConfig):
     def image_token_id(self) -> int:
         if self._image_token_id is not None:
             return self._image_token_id
-        if self.variant != "cogvlm" and self.vocab_size > LLAMA3_IMAGE_TOKEN_ID:
+        if self.variant != COGVLM and self.vocab_size > LLAMA3_IMAGE_TOKEN_ID:
             return LLAMA3_IMAGE_TOKEN_ID
         return self.pad_token_id if self.pad_token_id is not None else 0
 
@@ -198,23 +207,23 @@ class CogvlmConfig(PretrainedConfig):
 
 
 class Cogvlm2Config(CogvlmConfig):
-    model_type = "cogvlm2"
-    variant_default = "cogvlm2"
+    model_type = MODEL_TYPES[COGVLM2]
+    variant_default = COGVLM2
 
     def __init__(self, **kwargs: Any) -> None:  # an own __init__ keeps transformers from generating one
         super().__init__(**kwargs)
 
 
 class Cogvlm2VideoConfig(CogvlmConfig):
-    model_type = "cogvlm2_llama3_video"
-    variant_default = "cogvlm2_video"
+    model_type = MODEL_TYPES[COGVLM2_VIDEO]
+    variant_default = COGVLM2_VIDEO
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
 
 
 CONFIG_CLASSES: dict[str, type[CogvlmConfig]] = {
-    "cogvlm": CogvlmConfig, "cogvlm2": Cogvlm2Config, "cogvlm2_video": Cogvlm2VideoConfig,
+    COGVLM: CogvlmConfig, COGVLM2: Cogvlm2Config, COGVLM2_VIDEO: Cogvlm2VideoConfig,
 }
 _MODEL_TYPE_TO_VARIANT = {v: k for k, v in MODEL_TYPES.items()}
 
@@ -226,10 +235,10 @@ def infer_variant(num_multi_query_heads: int | None, architectures: list[str] | 
     one that infers, the CogVLM2 classes keep their own.
     """
     if architectures and any("Video" in a for a in architectures):
-        return "cogvlm2_video"
-    if default != "cogvlm":
+        return COGVLM2_VIDEO
+    if default != COGVLM:
         return default
-    return "cogvlm2" if num_multi_query_heads is not None else "cogvlm"
+    return COGVLM2 if num_multi_query_heads is not None else COGVLM
 
 
 def load_config(path: str | Path, **overrides: Any) -> CogvlmConfig:
@@ -250,7 +259,7 @@ def load_config(path: str | Path, **overrides: Any) -> CogvlmConfig:
     raw.update(overrides)
     variant = raw.get("variant") or _MODEL_TYPE_TO_VARIANT.get(raw.get("model_type", ""))
     if variant is None:
-        variant = infer_variant(raw.get("num_multi_query_heads"), raw.get("architectures"), "cogvlm")
+        variant = infer_variant(raw.get("num_multi_query_heads"), raw.get("architectures"), COGVLM)
     raw["variant"] = variant
     return CONFIG_CLASSES[variant](**raw)
 

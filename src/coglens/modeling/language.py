@@ -14,7 +14,7 @@ from transformers.cache_utils import Cache
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .attention import attention_function
-from .configuration_cogvlm import CogvlmConfig
+from .configuration_cogvlm import COGVLM, CogvlmConfig
 
 
 class CogvlmRMSNorm(nn.Module):
@@ -95,7 +95,7 @@ class VisionExpertAttention(nn.Module):
         self.rotary_emb = RotaryEmbedding(self.head_dim, config.rope_theta)
         if config.has_vision_experts:
             # CogVLM2's vision expert QKV has a bias, CogVLM-1's has none
-            self.vision_expert_query_key_value = nn.Linear(hidden, self.qkv_size, bias=config.variant != "cogvlm")
+            self.vision_expert_query_key_value = nn.Linear(hidden, self.qkv_size, bias=config.variant != COGVLM)
             self.vision_expert_dense = nn.Linear(hidden, hidden, bias=False)
         else:
             self.vision_expert_query_key_value = self.vision_expert_dense = None
@@ -166,7 +166,7 @@ class VisionExpertMLP(nn.Module):
         return route(x, vision_mask, self.language_mlp, self.vision_mlp, self.hidden_size)
 
 
-class CogVLMDecoderLayer(GradientCheckpointingLayer):
+class CogvlmDecoderLayer(GradientCheckpointingLayer):
     """Pre-norm decoder layer. Returns the hidden state (a tensor, not a tuple): the cache updates in place.
 
     A ``GradientCheckpointingLayer``, so ``gradient_checkpointing_enable()`` recomputes it in the backward pass; the

@@ -24,7 +24,8 @@ from transformers import GenerationConfig
 
 from ..hub import pop_hub_kwargs, resolve_checkpoint
 from .attention import attention_function
-from .configuration_cogvlm import CogvlmConfig, ConfigError, declares_variant, load_config
+from .configuration_cogvlm import COGVLM, COGVLM2_VIDEO, CogvlmConfig, ConfigError, declares_variant, load_config
+from .dtypes import AUTO_DTYPE, dtype_name, unknown_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -111,16 +112,15 @@ def checkpoint_dtype(files: list[Path]) -> torch.dtype | None:
 
 def resolve_dtype(dtype: Any, config: CogvlmConfig, stored: torch.dtype | None = None) -> torch.dtype:
     """``None``/``"auto"``: the config's ``torch_dtype``, else the checkpoint's (``stored``), else float32."""
-    if dtype is None or dtype == "auto":
+    if dtype is None or dtype == AUTO_DTYPE:
         declared = getattr(config, "dtype", None)
         if isinstance(declared, torch.dtype):
             return declared
         return stored or torch.float32
     if isinstance(dtype, str):
-        name = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}.get(dtype, dtype)
-        resolved = getattr(torch, name, None)
-        if not isinstance(resolved, torch.dtype) or not resolved.is_floating_point:
-            raise ValueError(f"unknown dtype {dtype!r}; use float32, bfloat16, float16 or 'auto'")
+        resolved = getattr(torch, dtype_name(dtype), None)
+        if not isinstance(resolved, torch.dtype) or not resolved.is_floating_point:  # a float8_* this torch lacks
+            raise unknown_dtype(dtype)
         return resolved
     return dtype
 
@@ -177,10 +177,10 @@ def load_pretrained(
     if folder is not None and not declares_variant(folder) and config.use_vision_experts and keys and not any(
         "vision_expert_query_key_value" in k for k in keys
     ):
-        if config.variant == "cogvlm":
+        if config.variant == COGVLM:
             raise ConfigError(f"{folder}: the weights have no vision experts, which CogVLM-1 needs")
         config.use_vision_experts = False  # THUDM's video configs do not say so; their weights do
-        config.variant = "cogvlm2_video"
+        config.variant = COGVLM2_VIDEO
     target_dtype = resolve_dtype(torch_dtype if torch_dtype is not None else dtype, config, checkpoint_dtype(files))
     config.dtype = target_dtype
     source = str(folder) if folder is not None else "the given state_dict"

@@ -23,7 +23,7 @@ from transformers.modeling_outputs import (
 from transformers.utils import logging
 
 from .configuration_cogvlm import Cogvlm2Config, Cogvlm2VideoConfig, CogvlmConfig
-from .language import CogVLMDecoderLayer, CogvlmRMSNorm, RotaryEmbedding
+from .language import CogvlmDecoderLayer, CogvlmRMSNorm, RotaryEmbedding
 from .routing import VISION_TOKEN_TYPE, build_position_ids, vision_expert_mask
 from .vision import EVA2CLIPModel, PatchEmbedding
 
@@ -58,7 +58,7 @@ class CogvlmPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     main_input_name = "input_ids"
     # accelerate's device_map never splits these (a split layer would shuttle activations mid-layer)
-    _no_split_modules = ["CogVLMDecoderLayer", "EVA2CLIPTransformerLayer"]
+    _no_split_modules = ["CogvlmDecoderLayer", "EVA2CLIPTransformerLayer"]
     _supports_sdpa = True
     _skip_keys_device_placement = "past_key_values"
     supports_gradient_checkpointing = True  # the decoder and ViT layers are GradientCheckpointingLayers
@@ -89,7 +89,7 @@ class CogvlmModel(CogvlmPreTrainedModel):
     def __init__(self, config: CogvlmConfig) -> None:
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(CogVLMDecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(CogvlmDecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = CogvlmRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.vision = EVA2CLIPModel(config)
         self.post_init()

@@ -1,10 +1,12 @@
 """Token routing rules of CogVLM: which tokens take the vision expert, and the compressed position ids.
 
-Both are pure functions of ``token_type_ids`` (0 = language, 1 = vision) and the attention mask, shared by the
-model, the engine and the lens so that every part of the package agrees on them.
+All are pure functions of ``token_type_ids`` (0 = language, 1 = vision) and the attention mask, shared by the
+model, the processor, the engine and the lens so that every part of the package agrees on them.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 
@@ -46,3 +48,20 @@ def build_position_ids(token_type_ids: torch.Tensor, attention_mask: torch.Tenso
     step = torch.zeros_like(types, dtype=torch.long)
     step[:, 1:] = (is_lang[:, 1:] | (is_vis[:, 1:] & is_lang[:, :-1])).long()
     return step.cumsum(dim=-1)
+
+
+def count_positions(
+    token_type_ids: Sequence[int] | torch.Tensor, attention_mask: Sequence[int] | torch.Tensor | None = None
+) -> int:
+    """How many rotary positions one sequence occupies (its largest :func:`build_position_ids` + 1).
+
+    Text tokens take one position each; a contiguous vision run takes at most three (its first token, all
+    inner tokens together, its last token). Masked tokens take none, but a left-padded row starts at position
+    1, as the original ``build_position_ids`` counts column 0 even when it is padding. ``attention_mask`` must
+    have one entry per token type.
+    """
+    types = torch.as_tensor(token_type_ids, dtype=torch.long).view(1, -1)
+    mask = None if attention_mask is None else torch.as_tensor(attention_mask, dtype=torch.long).view(1, -1)
+    if types.numel() == 0 or (mask is not None and not bool(mask.any())):
+        return 0
+    return int(build_position_ids(types, mask).max()) + 1

@@ -1,21 +1,16 @@
-"""Inputs: images, prompt templates, conversations, the batch processor, tokenizers and video frames."""
+"""Inputs: images, prompt templates, conversations, the batch processor, tokenizers and video frames.
 
-from .conversation import build_conversation_input_ids, check_context, count_positions
-from .errors import (
-    ContextLengthError,
-    ConversationError,
-    ImageInputError,
-    ProcessingError,
-    TemplateError,
-    TokenizerError,
-)
-from .image import load_image, preprocess_image, to_rgb
-from .image_processor import CogvlmImageProcessor
-from .processor import CogvlmProcessor, ProcessorLayout
-from .tokenizer import load_tokenizer
+The names below load on first use (PEP 562): ``coglens.processing.template`` and ``.errors`` stay light to import.
+"""
 
-__all__ = [
-    "CogvlmImageProcessor", "CogvlmProcessor", "ContextLengthError", "ConversationError", "ImageInputError",
-    "ProcessingError", "ProcessorLayout", "TemplateError", "TokenizerError", "build_conversation_input_ids",
-    "check_context", "count_positions", "load_image", "load_tokenizer", "preprocess_image", "to_rgb",
-]
+from coglens._lazy import lazy_exports
+
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    ".conversation": ("build_conversation_input_ids", "check_context"),
+    ".errors": ("ContextLengthError", "ConversationError", "ImageInputError", "ProcessingError", "TemplateError",
+                "TokenizerError"),
+    ".image": ("load_image", "preprocess_image", "to_rgb"),
+    ".image_processor": ("CogvlmImageProcessor",),
+    ".processor": ("CogvlmProcessor", "ProcessorLayout"),
+    ".tokenizer": ("load_tokenizer",),
+})

@@ -23,16 +23,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from coglens.modeling.routing import build_position_ids
+from coglens.modeling.routing import LANGUAGE_TOKEN_TYPE, VISION_TOKEN_TYPE, count_positions
 from coglens.processing.errors import ContextLengthError, ConversationError
 from coglens.processing.image import ImageSource, load_image, preprocess_image
 from coglens.processing.template import render_turns, resolve_template
 
 if TYPE_CHECKING:
     from coglens.modeling.configuration_cogvlm import CogvlmConfig
-
-LANGUAGE_TOKEN_TYPE = 0
-VISION_TOKEN_TYPE = 1
 
 ImageInput = ImageSource | torch.Tensor  # a tensor is an already preprocessed (3, S, S) image
 VideoInput = torch.Tensor | np.ndarray  # (T, 3, S, S) float frames, or uint8 (C, T, H, W) / (T, H, W, C)
@@ -58,7 +55,7 @@ def build_conversation_input_ids(
     """Build one sequence exactly as THUDM's ``model.build_conversation_input_ids`` does.
 
     ``tokenizer`` needs ``bos_token_id`` and ``encode(text, add_special_tokens=False)``. ``config`` is the
-    checkpoint's ``CogvlmConfig`` or any object with the same ``variant``, ``template_version``,
+    checkpoint's ``CogvlmConfig`` or any object with the same ``is_video``, ``template_version``,
     ``num_image_tokens``, ``image_token_id``, ``bos_token_id``, ``vision_config.image_size`` and
     ``max_position_embeddings`` (``None``: no context check), such as ``CogvlmProcessor.layout``. ``history`` is a list
     of ``(query, answer)`` (or, with the extension, ``(query, answer, image)``) turns. ``images``: at most one
@@ -72,7 +69,7 @@ def build_conversation_input_ids(
     template = resolve_template(template_version, config.template_version)
     past = _parse_history(history)
     current = _as_list(images)
-    if config.variant == "cogvlm2_video":
+    if config.is_video:
         ids, types, pixels = _video_layout(tokenizer, config, template, query, past, current)
     else:
         ids, types, pixels = _image_layout(tokenizer, config, template, query, past, current,
@@ -87,45 +84,38 @@ def build_conversation_input_ids(
     }
 
 
-def count_positions(
-    token_type_ids: Sequence[int] | torch.Tensor, attention_mask: Sequence[int] | torch.Tensor | None = None
-) -> int:
-    """How many rotary positions a sequence occupies (its largest position id + 1).
-
-    Text tokens take one position each; a contiguous vision run takes at most three (its first token, all
-    inner tokens together, its last token). Masked tokens take none, but a left-padded row starts at position
-    1, as the original ``build_position_ids`` counts column 0 even when it is padding.
-    """
-    types = torch.as_tensor(token_type_ids, dtype=torch.long).view(1, -1)
-    mask = None if attention_mask is None else torch.as_tensor(attention_mask, dtype=torch.long).view(1, -1)
-    if mask is not None and mask.shape != types.shape:
-        raise ConversationError(f"attention_mask has {mask.shape[1]} entries for {types.shape[1]} token types")
-    if types.numel() == 0 or (mask is not None and not bool(mask.any())):
-        return 0
-    return int(build_position_ids(types, mask).max()) + 1
-
-
 def check_context(
     token_type_ids: Sequence[int] | torch.Tensor,
     *,
     max_positions: int,
     attention_mask: Sequence[int] | torch.Tensor | None = None,
     max_new_tokens: int = 0,
+    param: str = "max_new_tokens",
 ) -> int:
     """Raise :class:`ContextLengthError` unless the prompt plus ``max_new_tokens`` fits in ``max_positions``.
 
-    Returns the positions needed. Images count as three positions each, whatever their token count.
+    Returns the positions needed. Images count as three positions each, whatever their token count
+    (:func:`~coglens.modeling.routing.count_positions`). ``param`` is the caller's name for the number of new
+    tokens: the error names it when fewer new tokens would fit.
     """
+    if attention_mask is not None:
+        entries, types = torch.as_tensor(attention_mask).numel(), torch.as_tensor(token_type_ids).numel()
+        if entries != types:
+            raise ConversationError(f"attention_mask has {entries} entries for {types} token types")
     prompt = count_positions(token_type_ids, attention_mask)
     needed = prompt + max_new_tokens
-    if needed > max_positions:
-        new = f" + {max_new_tokens} new tokens" if max_new_tokens else ""
-        raise ContextLengthError(
-            f"the prompt takes {prompt} positions{new}, more than the model's context of {max_positions} "
-            "(max_position_embeddings in config.json); shorten the query or history, drop images or frames, "
-            "or ask for fewer new tokens"
-        )
-    return needed
+    if needed <= max_positions:
+        return needed
+    room = max_positions - prompt
+    new = f" + {max_new_tokens} new token{'s' if max_new_tokens != 1 else ''}" if max_new_tokens else ""
+    too_long = f"the prompt takes {prompt} positions{new}, more than the model's context of {max_positions}"
+    if max_new_tokens and room > 0:
+        raise ContextLengthError(f"{param}={max_new_tokens} does not fit: {too_long}; at most {room} new tokens fit",
+                                 param=param)
+    raise ContextLengthError(
+        f"{too_long} (max_position_embeddings in config.json); shorten the query or history, or drop images or "
+        "frames"
+    )
 
 
 def _image_layout(

@@ -40,7 +40,14 @@ class ConversationError(ProcessingError):
 
 
 class ContextLengthError(ProcessingError):
-    """The prompt (plus the tokens to generate) needs more positions than the model has."""
+    """The prompt (plus the tokens to generate) needs more positions than the model has.
+
+    ``param`` names the setting that asked for too many new tokens (None: the prompt alone is too long).
+    """
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class TokenizerError(ProcessingError):

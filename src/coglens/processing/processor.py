@@ -22,13 +22,21 @@ from transformers import BatchFeature, PreTrainedTokenizerBase, ProcessorMixin
 from transformers.utils import CHAT_TEMPLATE_DIR, CHAT_TEMPLATE_FILE, LEGACY_PROCESSOR_CHAT_TEMPLATE_FILE
 
 from coglens.hub import pop_hub_kwargs, resolve_checkpoint
-from coglens.modeling.configuration_cogvlm import LLAMA3_IMAGE_TOKEN_ID, VARIANTS, CogvlmConfig, load_config
+from coglens.modeling.configuration_cogvlm import (
+    COGVLM,
+    COGVLM2_VIDEO,
+    LLAMA3_IMAGE_TOKEN_ID,
+    VARIANTS,
+    CogvlmConfig,
+    load_config,
+)
 
 # The module, not its names: coglens.modeling registers CogvlmProcessor with the Auto classes as soon as it is
 # imported, which can happen while conversation.py (it imports coglens.modeling) is still half-initialised.
 from coglens.processing import conversation
 from coglens.processing.errors import ConversationError, ProcessingError
 from coglens.processing.image_processor import CogvlmImageProcessor
+from coglens.processing.padding import left_padded_batch
 from coglens.processing.template import resolve_template
 from coglens.processing.tokenizer import load_tokenizer
 
@@ -60,6 +68,10 @@ class ProcessorLayout:
     max_position_embeddings: int | None
     bos_token_id: int | None
     vision_config: VisionLayout
+
+    @property
+    def is_video(self) -> bool:
+        return self.variant == COGVLM2_VIDEO
 
 
 class CogvlmProcessor(ProcessorMixin):
@@ -116,7 +128,7 @@ class CogvlmProcessor(ProcessorMixin):
             "max_position_embeddings": max_position_embeddings, "bos_token_id": bos_token_id,
         }
         settings = {**derived, **{key: value for key, value in explicit.items() if value is not None}}
-        self.variant = settings.get("variant", "cogvlm")
+        self.variant = settings.get("variant", COGVLM)
         if self.variant not in VARIANTS:
             raise ProcessingError(f"unknown variant {self.variant!r}; expected one of {VARIANTS}")
         self.template_version = resolve_template(settings.get("template_version"), None)
@@ -216,6 +228,11 @@ class CogvlmProcessor(ProcessorMixin):
         return self._model_config if self._model_config is not None else self.layout
 
     @property
+    def is_video(self) -> bool:
+        """Set up for CogVLM2-Video: ``images`` are video clips."""
+        return self.variant == COGVLM2_VIDEO
+
+    @property
     def pad_token_id(self) -> int:
         pad = self.tokenizer.pad_token_id
         return 0 if pad is None else pad
@@ -293,15 +310,10 @@ class CogvlmProcessor(ProcessorMixin):
 
     def collate(self, rows: Sequence[dict[str, Any]]) -> BatchFeature:
         """Left-pad rows from ``build_conversation_input_ids`` into one batch."""
-        length = max(len(row["input_ids"]) for row in rows)
-        input_ids = torch.full((len(rows), length), self.pad_token_id, dtype=torch.long)
-        token_type_ids = torch.full((len(rows), length), conversation.LANGUAGE_TOKEN_TYPE, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
-        for index, row in enumerate(rows):
-            start = length - len(row["input_ids"])
-            input_ids[index, start:] = row["input_ids"]
-            token_type_ids[index, start:] = row["token_type_ids"]
-            attention_mask[index, start:] = row["attention_mask"]
+        input_ids, token_type_ids, attention_mask = left_padded_batch(
+            [row["input_ids"] for row in rows], [row["token_type_ids"] for row in rows],
+            [row["attention_mask"] for row in rows], pad_token_id=self.pad_token_id,
+        )
         return BatchFeature({
             "input_ids": input_ids,
             "token_type_ids": token_type_ids,
@@ -326,14 +338,14 @@ class CogvlmProcessor(ProcessorMixin):
         return self.image_processor(image, return_tensors="pt")["pixel_values"][0]
 
     def _prepare_images(self, images: Any) -> Any:
-        if self.variant == "cogvlm2_video":  # clips: build_conversation_input_ids samples and transforms them
+        if self.is_video:  # clips: build_conversation_input_ids samples and transforms them
             return images
         if isinstance(images, (list, tuple)):
             return [self._prepare_image(image) for image in images]
         return self._prepare_image(images)
 
     def _prepare_history(self, history: Any) -> Any:
-        if self.variant == "cogvlm2_video" or not isinstance(history, (list, tuple)):
+        if self.is_video or not isinstance(history, (list, tuple)):
             return history
         return [
             (*turn[:2], self._prepare_image(turn[2])) if isinstance(turn, (list, tuple)) and len(turn) == 3 else turn
@@ -346,7 +358,7 @@ class CogvlmProcessor(ProcessorMixin):
         if all(not row for row in images):
             return batch
         single = all(len(row) == 1 and row[0].dim() == 3 for row in images)
-        if single and self.variant != "cogvlm2_video":
+        if single and not self.is_video:
             batch["pixel_values"] = torch.stack([row[0] for row in images])
         else:
             batch["images"] = images
@@ -364,7 +376,7 @@ def _settings_from_config(config: CogvlmConfig) -> dict[str, Any]:
 
 def _default_image_tokens(variant: str, image_size: int) -> int:
     """Tokens per image of the released vision towers (patch 14; CogVLM2's 2x2 conv halves the grid)."""
-    grid = image_size // DEFAULT_PATCH_SIZE // (1 if variant == "cogvlm" else 2)
+    grid = image_size // DEFAULT_PATCH_SIZE // (1 if variant == COGVLM else 2)
     return grid * grid + 2
 
 
@@ -374,7 +386,7 @@ def _default_image_token_id(variant: str, tokenizer: Any) -> int:
         size = len(tokenizer)
     except TypeError:
         size = 0
-    if variant != "cogvlm" and size > LLAMA3_IMAGE_TOKEN_ID:
+    if variant != COGVLM and size > LLAMA3_IMAGE_TOKEN_ID:
         return LLAMA3_IMAGE_TOKEN_ID
     pad = getattr(tokenizer, "pad_token_id", None)
     return 0 if pad is None else pad

@@ -4,15 +4,19 @@
   grounding checkpoints were trained on single-turn prompts); a warning says so when history is given.
 - ``chat``: ``Question: {q} Answer:``; earlier turns come first, each as ``Question: {q} Answer: {a}\\n``.
 - ``vqa``: the same with ``Short answer:``.
+
+Light to import (no torch): the ``coglens`` command builds its ``--template`` choices from here.
 """
 
 from __future__ import annotations
 
 import warnings
+from typing import Literal, get_args
 
 from coglens.processing.errors import TemplateError
 
-TEMPLATE_VERSIONS = ("base", "chat", "vqa")
+TemplateVersion = Literal["base", "chat", "vqa"]
+TEMPLATE_VERSIONS: tuple[str, ...] = get_args(TemplateVersion)
 _ANSWER_CUE = {"chat": "Answer:", "vqa": "Short answer:"}
 
 

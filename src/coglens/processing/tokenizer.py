@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from coglens.hub import HubError, resolve_checkpoint
+from coglens.modeling.configuration_cogvlm import COGVLM
 from coglens.processing.errors import TokenizerNotFoundError, VocabularyMismatchError
 
 if TYPE_CHECKING:
@@ -50,7 +51,7 @@ def load_tokenizer(
     if config is None and variant is None:
         raise TypeError("load_tokenizer needs config= (the checkpoint's CogvlmConfig) or variant=")
     variant = config.variant if config is not None else variant
-    hint = _VICUNA_HINT if variant == "cogvlm" else "the checkpoint's tokenizer files"
+    hint = _VICUNA_HINT if variant == COGVLM else "the checkpoint's tokenizer files"
     hub = {"cache_dir": cache_dir, "local_files_only": local_files_only, "token": token}
     if tokenizer_path is None:
         source = _resolve(model_path, {**hub, "revision": revision})
@@ -68,7 +69,7 @@ def load_tokenizer(
             )
     # Passing our config keeps AutoTokenizer from reading THUDM's config.json, whose auto_map would make
     # transformers ask about trust_remote_code.
-    extra = {"legacy": True} if variant == "cogvlm" else {}
+    extra = {"legacy": True} if variant == COGVLM else {}
     if config is not None:
         extra["config"] = config
     try:

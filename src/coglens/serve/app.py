@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse
 from ..engine import Scheduler
 from ..modeling.configuration_cogvlm import MODEL_TYPES
 from ..pipeline import Pipeline
+from ..tiny.variants import TINY_PREFIX
 from .access_log import AccessLogMiddleware
 from .errors import ServeError
 from .generate_route import router as generate_router
@@ -96,7 +97,7 @@ def model_names(settings: ServeSettings, pipeline: Pipeline) -> list[str]:
     (``cogvlm2_llama3_video``, as the MindIE guides send it)."""
     names = [*(settings.served_model_names or [settings.model]), pipeline.model_path.name,
              MODEL_TYPES[pipeline.config.variant]]
-    if not settings.model.startswith("tiny:"):
+    if not settings.model.startswith(TINY_PREFIX):
         names.insert(1, Path(settings.model).name)
     return list(dict.fromkeys(names))
 

@@ -139,9 +139,7 @@ def to_serve_error(exc: BaseException) -> ServeError:
         return InvalidRequestError(message, param=param)
     if isinstance(exc, ImageTooLargeError):
         return LimitExceededError(str(exc), code="max_image_pixels")
-    if isinstance(exc, ContextLengthError):
-        return InvalidRequestError(str(exc), code="context_length_exceeded")
-    if isinstance(exc, ContextLengthExceededError):
+    if isinstance(exc, (ContextLengthError, ContextLengthExceededError)):
         return InvalidRequestError(str(exc), param=exc.param, code="context_length_exceeded")
     if isinstance(exc, (EngineInputError, ProcessingError)):
         return InvalidRequestError(str(exc))

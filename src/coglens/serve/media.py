@@ -22,7 +22,6 @@ import torch
 
 from ..processing.errors import ImageInputError, ImageTooLargeError
 from ..processing.image import load_image, preprocess_image
-from .conversation import MediaRef
 from .errors import (
     ForbiddenMediaError,
     InvalidRequestError,
@@ -32,6 +31,7 @@ from .errors import (
 )
 from .fetch import RemoteFetcher
 from .limits import ServeLimits, mib
+from .messages import MediaRef
 
 IMAGE_FORMATS = "PNG, JPEG, WebP, GIF or BMP"
 VIDEO_FORMATS = "MP4/MOV, WebM/MKV or AVI"

@@ -29,10 +29,10 @@ import torch
 from ..engine import GenerationRequest, RequestGroup, SamplingParams, Scheduler, fit_new_tokens
 from ..processing.conversation import build_conversation_input_ids
 from ..processing.template import TEMPLATE_VERSIONS
-from .conversation import Conversation, MediaRef
 from .errors import InvalidRequestError, ModelNotFoundError, UnsupportedInputError, limit_error
 from .limits import ServeLimits
 from .media import MediaLoader
+from .messages import Conversation, MediaRef
 
 MIN_TEMPERATURE = 1e-5  # below this, sampling is greedy decoding (vLLM draws the same line)
 
@@ -86,10 +86,6 @@ class GenerationService:
     @property
     def model_name(self) -> str:
         return self.model_names[0]
-
-    @property
-    def is_video_model(self) -> bool:
-        return self.config.variant == "cogvlm2_video"
 
     def check_model(self, name: str | None, *, param: str = "model") -> None:
         """Unknown model names are a 404 (``None``/empty means the served model)."""
@@ -164,7 +160,7 @@ class GenerationService:
         videos = [r for r in refs if r.kind == "video"]
         images = [r for r in refs if r.kind == "image"]
         size = self.config.vision_config.image_size
-        if self.is_video_model:
+        if self.config.is_video:
             if images:
                 raise UnsupportedInputError(f"{images[0].where}: this is a video model (CogVLM2-Video); send a "
                                             "video_url part instead of an image", param=images[0].where)

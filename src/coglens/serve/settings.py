@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..pipeline import DEFAULT_TINY_VARIANT
+from ..pipeline import DEFAULT_TINY_MODEL
 from .limits import ServeLimits
 
 
@@ -14,7 +14,7 @@ class ServeSettings:
     """How the server is set up. ``model`` is a checkpoint folder or ``tiny:VARIANT``; it also names the model
     for clients unless ``served_model_names`` are given."""
 
-    model: str = f"tiny:{DEFAULT_TINY_VARIANT}"
+    model: str = DEFAULT_TINY_MODEL
     tokenizer: str | None = None
     dtype: str | None = None
     device: str | None = None

@@ -3,17 +3,15 @@
 ``write_tiny_checkpoint("cogvlm2", "out/")`` writes one; ``tiny_model_path("cogvlm2")`` returns a cached copy.
 Their outputs are meaningless: they exist to exercise loading, generation, serving and lenses without real
 weights.
+
+The names below load on first use (PEP 562): ``coglens.tiny.variants`` stays light to import.
 """
 
-from coglens.tiny.cache import tiny_model_path
-from coglens.tiny.checkpoint import TinyDtypeError, TinyOutputDirError, write_tiny_checkpoint
-from coglens.tiny.variants import TINY_VARIANTS, UnknownTinyVariantError
+from coglens._lazy import lazy_exports
 
-__all__ = [
-    "TINY_VARIANTS",
-    "TinyDtypeError",
-    "TinyOutputDirError",
-    "UnknownTinyVariantError",
-    "tiny_model_path",
-    "write_tiny_checkpoint",
-]
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    ".cache": ("tiny_model_path",),
+    ".checkpoint": ("TinyDtypeError", "TinyOutputDirError", "write_tiny_checkpoint"),
+    ".variants": ("DEFAULT_TINY_MODEL", "DEFAULT_TINY_VARIANT", "TINY_PREFIX", "TINY_VARIANTS",
+                  "UnknownTinyVariantError"),
+})

@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 from coglens.tiny.checkpoint import write_tiny_checkpoint
-from coglens.tiny.variants import get_tiny_variant
+from coglens.tiny.variants import DEFAULT_TINY_VARIANT, get_tiny_variant
 
 logger = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ def cache_root() -> Path:
     return Path(os.environ.get("COGLENS_CACHE", "~/.cache/coglens")).expanduser()
 
 
-def tiny_model_path(variant: str = "cogvlm2") -> Path:
+def tiny_model_path(variant: str = DEFAULT_TINY_VARIANT) -> Path:
     """The folder of ``variant``'s tiny checkpoint (seed 0, float32), written on first use.
 
     The folder only ever appears complete: it is written into a temporary sibling and renamed into place, so

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from importlib.resources import files
+from typing import TYPE_CHECKING
 
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 TOKENIZER_VOCAB_SIZE = 1024  # regular + special tokens; the checkpoint's vocab_size
 
@@ -60,6 +62,9 @@ def training_text() -> str:
 
 def build_tokenizer(layout: TokenizerLayout) -> Tokenizer:
     """Train the BPE and attach the layout's special tokens and its bos-prepending post-processor."""
+    # imported here: the layouts above are read by coglens.tiny.variants, which the `coglens` command imports
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(_LLAMA3_SPLIT), behavior="isolated"),

@@ -1,4 +1,7 @@
-"""What tells the three tiny checkpoints apart, and the small sizes they share."""
+"""What tells the three tiny checkpoints apart, and the small sizes they share.
+
+Light to import (no torch, no tokenizers): the ``coglens`` command reads the variant names from here.
+"""
 
 from __future__ import annotations
 
@@ -81,6 +84,9 @@ _VARIANTS = {
 }
 
 TINY_VARIANTS: tuple[str, ...] = tuple(_VARIANTS)
+DEFAULT_TINY_VARIANT = "cogvlm2"  # what runs when no model is given
+TINY_PREFIX = "tiny:"  # a model named ``tiny:VARIANT`` (``--model tiny:cogvlm2``) is a built-in tiny checkpoint
+DEFAULT_TINY_MODEL = TINY_PREFIX + DEFAULT_TINY_VARIANT
 
 
 def get_tiny_variant(name: str) -> TinyVariant:

@@ -28,11 +28,12 @@ from coglens.lens.capture.modules import ModuleSpec
 from coglens.lens.capture.select import SelectionError, TokenSpec, select_and_pool
 from coglens.lens.capture.trace import Capture, CapturePoint, Reducer, Trace, token_reducer
 from coglens.lens.store.records import ActivationRecord, BatchResult, SampleRecord
+from coglens.modeling.dtypes import FLOAT_DTYPES
 
 if TYPE_CHECKING:
     from coglens.lens.run.inputs import LensSample
 
-STORE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_STORED_AS = {name: getattr(torch, name) for name in FLOAT_DTYPES}  # a `store_dtype` -> its torch dtype
 
 
 def record_module_name(point: CapturePoint, call: int) -> str:
@@ -52,7 +53,7 @@ class BatchCapturer:
     """Capture `specs` of `model` on prepared batches: ``capturer(samples, inputs)`` -> :class:`BatchResult`.
 
     `tokens` / `pooling` are the defaults that a module entry's own settings override; `store_dtype` (a
-    ``STORE_DTYPES`` name, or None for the model's own dtype) is applied after selection.
+    ``FLOAT_DTYPES`` name, or None for the model's own dtype) is applied after selection.
     """
 
     def __init__(
@@ -76,7 +77,7 @@ class BatchCapturer:
         forward = dict(forward or {})
         self.generate = steps == "all" and "max_new_tokens" in forward
         self.params = sampling_params(forward) if self.generate else None
-        self.store_dtype = None if store_dtype is None else STORE_DTYPES[store_dtype]
+        self.store_dtype = None if store_dtype is None else _STORED_AS[store_dtype]
         self.device = model.get_input_embeddings().weight.device
         self.token_default = tokens
         head = model.get_output_embeddings()

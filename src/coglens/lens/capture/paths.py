@@ -13,14 +13,14 @@ import inspect
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, is_dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
+from coglens.lens.capture.choices import IO, IO_VALUES
 from coglens.lens.capture.modules import describe_inputs, describe_value
 
-IO = Literal["output", "input"]
 _ACCESSOR = re.compile(r"\[(-?\d+)\]|\.([A-Za-z_]\w*)|\[(['\"])(.*?)\3\]")
 _MISSING = object()
 
@@ -39,7 +39,7 @@ class CapturePath:
 
     @classmethod
     def parse(cls, text: str) -> CapturePath:
-        root = next((r for r in ("output", "input") if text.startswith(r)), None)
+        root = next((r for r in IO_VALUES if text.startswith(r)), None)
         rest = text[len(root) :] if root else ""
         accessors: list[int | str] = []
         while root and rest:

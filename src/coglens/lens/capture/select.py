@@ -34,11 +34,9 @@ from typing import Literal
 
 import torch
 
-Pooling = Literal["none", "mean", "max", "last"]
-POOLING_CHOICES: tuple[str, ...] = ("none", "mean", "max", "last")
-TOKEN_KEYWORDS: tuple[str, ...] = ("all", "last", "image", "text", "boi", "eoi")
-TOKEN_CHOICES = "all | last | image | text | boi | eoi | [positions] | slice:START:STOP | frame:N"
-VISION_TOKEN_TYPE = 1
+from coglens.lens.capture.choices import POOLING_CHOICES, TOKEN_CHOICES, TOKEN_KEYWORDS, Pooling, TokenKeyword
+from coglens.modeling.routing import VISION_TOKEN_TYPE
+
 _TYPE_BASED = frozenset({"image", "text", "boi", "eoi", "frame"})
 
 
@@ -50,7 +48,7 @@ class SelectionError(ValueError):
 class TokenSpec:
     """A parsed token selection; ``str(spec)`` is its canonical text and parses back to the same spec."""
 
-    kind: Literal["all", "last", "image", "text", "boi", "eoi", "positions", "slice", "frame"]
+    kind: TokenKeyword | Literal["positions", "slice", "frame"]
     positions: tuple[int, ...] = ()
     start: int | None = None
     stop: int | None = None

@@ -23,14 +23,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from coglens.lens.capture.choices import CAPTURE_CHOICES, IO, STEP_CHOICES, Pooling
 from coglens.lens.capture.modules import ModuleSpec, describe_inputs, describe_value, resolve_modules
-from coglens.lens.capture.paths import IO, CapturePath, pick_tensor, signature_of
-from coglens.lens.capture.select import Pooling, TokenSpec, select_and_pool
+from coglens.lens.capture.paths import CapturePath, pick_tensor, signature_of
+from coglens.lens.capture.select import TokenSpec, select_and_pool
 
 logger = logging.getLogger(__name__)
-
-CAPTURE_CHOICES: tuple[str, ...] = ("output", "input", "both")
-STEP_CHOICES: tuple[str, ...] = ("prefill", "all")
 
 
 class StopForward(Exception):

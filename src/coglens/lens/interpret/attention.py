@@ -78,7 +78,7 @@ class PatchAttentionRecorder:
 
     def _hook(self, layer: int):
         def record(module: Any, args: tuple[Any, ...]) -> None:
-            hidden_states, vision_mask, position_ids = args[:3]  # as CogVLMDecoderLayer passes them
+            hidden_states, vision_mask, position_ids = args[:3]  # as CogvlmDecoderLayer passes them
             q, k, _ = module.project(hidden_states, vision_mask, position_ids)
             k = k.repeat_interleave(module.num_heads // module.num_kv_heads, dim=1)  # GQA: KV head h // rep
             q = q[:, :, self.query_start:].float()
@@ -106,7 +106,7 @@ def image_attention(
     from coglens.processing.image import load_image
 
     config = pipe.config
-    if config.variant == "cogvlm2_video":
+    if config.is_video:
         raise ExplainInputError("explain works on one image; CogVLM2-Video checkpoints are not supported")
     layers = list(range(config.num_hidden_layers)) if layers is None else list(layers)
     heads = list(range(config.num_attention_heads)) if heads is None else list(heads)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -23,9 +23,11 @@ from coglens.processing import CogvlmProcessor, load_image
 from coglens.processing.conversation import build_conversation_input_ids
 from coglens.processing.errors import ProcessingError
 from coglens.processing.template import resolve_template
-from coglens.processing.video import VideoInputError, load_video
+from coglens.processing.video import VideoInputError, default_strategy, load_video
 
-VIDEO_VARIANT = "cogvlm2_video"
+if TYPE_CHECKING:
+    from coglens.modeling.configuration_cogvlm import CogvlmConfig
+
 _HASH_CHUNK = 1 << 20
 
 
@@ -48,9 +50,9 @@ class PreparedBatch:
     failures: list[SampleFailure]
 
 
-def check_media(samples: Sequence[LensSample], variant: str) -> None:
+def check_media(samples: Sequence[LensSample], config: CogvlmConfig) -> None:
     """Fail before anything runs when the inputs do not fit the model (videos for an image model...)."""
-    is_video_model = variant == VIDEO_VARIANT
+    is_video_model = config.is_video
     wrong = [
         s
         for s in samples
@@ -60,7 +62,7 @@ def check_media(samples: Sequence[LensSample], variant: str) -> None:
         first = wrong[0]
         need = "a `video` column (it is a CogVLM2-Video model)" if is_video_model else "images, not videos"
         raise LensInputError(
-            f"{len(wrong)} samples do not fit the {variant} model, e.g. {first.key!r} ({first.source}): "
+            f"{len(wrong)} samples do not fit the {config.variant} model, e.g. {first.key!r} ({first.source}): "
             f"it takes {need}"
         )
 
@@ -104,7 +106,7 @@ class BatchPreparer:
         if sample.video is not None:
             clip = load_video(
                 sample.video,
-                strategy="base" if self.template_version == "base" else "chat",
+                strategy=default_strategy(self.template_version),
                 image_size=self.config.vision_config.image_size,
             )
             return [clip.frames], _file_sha256(sample.video)

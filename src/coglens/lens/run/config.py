@@ -25,19 +25,18 @@ from typing import Any
 
 import yaml
 
+from coglens.lens.capture.choices import CAPTURE_CHOICES, POOLING_CHOICES, STEP_CHOICES, TOKEN_CHOICES
 from coglens.lens.capture.modules import ModuleEntry, ModuleMatchError, compile_pattern
 from coglens.lens.capture.paths import CapturePath, CapturePathError
-from coglens.lens.capture.select import POOLING_CHOICES, TOKEN_CHOICES, SelectionError, TokenSpec
-from coglens.lens.capture.trace import CAPTURE_CHOICES, STEP_CHOICES
-from coglens.lens.store.formats import OUTPUT_FORMATS
+from coglens.lens.capture.select import SelectionError, TokenSpec
+from coglens.lens.store.formats import COGLENS_FORMAT, MODEL_STORE_DTYPE, OUTPUT_FORMATS, STORE_DTYPES
 from coglens.modeling.configuration_cogvlm import VARIANTS
+from coglens.modeling.dtypes import AUTO_DTYPE, DTYPE_CHOICES
+from coglens.processing.template import TEMPLATE_VERSIONS
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_OUTPUT = "embeddings.db"  # VLM-Lens's default
-DTYPES = ("auto", "float32", "float16", "bfloat16")
-STORE_DTYPES = ("model", "float32", "float16", "bfloat16")
-TEMPLATE_VERSIONS = ("base", "chat", "vqa")
 MANIFEST_SUFFIXES = (".jsonl", ".csv")
 DEVICE_CHOICES = "cpu | cuda | cuda:N | mps | auto (spread over all GPUs)"
 _DEVICE = re.compile(r"cpu|cuda(:\d+)?|mps|auto")
@@ -118,10 +117,10 @@ class LensConfig:
     dataset: DatasetSource | None = None
     manifest: Path | None = None
     output: str = DEFAULT_OUTPUT
-    output_format: str = "coglens"
+    output_format: str = COGLENS_FORMAT
     device: str | None = None  # None = the runner's choice (cuda when available)
-    dtype: str = "auto"
-    store_dtype: str = "model"
+    dtype: str = AUTO_DTYPE
+    store_dtype: str = MODEL_STORE_DTYPE
     batch_size: int = 1
     run_name: str | None = None
     overwrite: bool = False
@@ -417,10 +416,10 @@ def load_lens_config(path: str | Path | None, overrides: Mapping[str, Any] | Non
         dataset=_dataset(reader, dataset_options),
         manifest=None if manifest is None else Path(manifest),
         output=_aliased(reader, "output", "output_db") or DEFAULT_OUTPUT,
-        output_format=reader.choice("output_format", OUTPUT_FORMATS, "coglens"),
+        output_format=reader.choice("output_format", OUTPUT_FORMATS, COGLENS_FORMAT),
         device=device,
-        dtype=reader.choice("dtype", DTYPES, "auto"),
-        store_dtype=reader.choice("store_dtype", STORE_DTYPES, "model"),
+        dtype=reader.choice("dtype", DTYPE_CHOICES, AUTO_DTYPE),
+        store_dtype=reader.choice("store_dtype", STORE_DTYPES, MODEL_STORE_DTYPE),
         batch_size=_positive_int(reader, "batch_size", 1),
         run_name=reader.text("run_name"),
         overwrite=bool(reader.boolean("overwrite", False)),

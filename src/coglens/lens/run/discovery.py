@@ -12,6 +12,7 @@ from torch import nn
 
 from coglens.lens.capture.modules import ModuleInfo, describe_modules, module_log_text
 from coglens.processing import CogvlmProcessor
+from coglens.tiny.variants import TINY_PREFIX
 
 DRY_RUN_PROMPT = "Describe this image."
 DRY_RUN_FRAMES = 2
@@ -29,7 +30,7 @@ def synthetic_image(size: int) -> Image.Image:
 def dry_run_inputs(processor: CogvlmProcessor, device: torch.device | str = "cpu") -> dict[str, Any]:
     """One batch row (synthetic image, or a two-frame clip for a video model, plus a prompt) on `device`."""
     size = processor.config.vision_config.image_size
-    if processor.config.variant == "cogvlm2_video":
+    if processor.is_video:
         media: Any = torch.zeros(DRY_RUN_FRAMES, 3, size, size)
     else:
         media = synthetic_image(size)
@@ -51,7 +52,7 @@ def list_modules(model: nn.Module, processor: CogvlmProcessor | None) -> list[Mo
 def module_log_path(model_path: str, logs_dir: Path = LOGS_DIR) -> Path:
     """VLM-Lens's ``logs/<model_path>.txt``: a hub id keeps its folder (``logs/THUDM/cogvlm-chat-hf.txt``);
     a local folder gives its name, the built-in tiny model ``tiny-<variant>``."""
-    name = model_path.replace("tiny:", "tiny-", 1)
+    name = model_path.replace(TINY_PREFIX, "tiny-", 1)
     path = Path(name).expanduser()
     if path.is_absolute() or name.startswith((".", "~")):
         name = path.resolve().name

@@ -39,9 +39,10 @@ from coglens.lens.run.progress import LensSummary, Progress
 from coglens.lens.run.ranks import ProcessGroup, Ranks, is_shared_database, shard_path
 from coglens.lens.store.connection import database_url, describe
 from coglens.lens.store.errors import LensStoreError
-from coglens.lens.store.formats import open_writer
+from coglens.lens.store.formats import MODEL_STORE_DTYPE, open_writer
 from coglens.lens.store.sink import BackgroundWriter, WrittenTotals
 from coglens.lens.store.writer import LensWriter
+from coglens.modeling.dtypes import AUTO_DTYPE
 from coglens.pipeline import Pipeline
 from coglens.processing import CogvlmProcessor
 
@@ -53,7 +54,7 @@ DEFAULT_RUN_NAME = "lens"
 def load_pipeline(config: LensConfig, ranks: Ranks | None = None) -> Pipeline:
     """The config's model and tokenizer, on the config's device (under torchrun: the rank's own GPU)."""
     ranks = ranks or Ranks()
-    dtype = None if config.dtype == "auto" else config.dtype
+    dtype = None if config.dtype == AUTO_DTYPE else config.dtype
     if config.device == "auto":
         if ranks.distributed:
             raise LensConfigError(
@@ -125,7 +126,7 @@ class _LensRun:
         load_seconds = time.perf_counter() - started
         model = pipe.model
         specs = resolve_modules(model, config.modules)
-        check_media(samples, model.config.variant)
+        check_media(samples, model.config)
         if config.architecture is not None and config.architecture != model.config.variant:
             logger.warning(
                 "architecture: %s in the config, but %s is a %s checkpoint; extracting it as %s",
@@ -144,7 +145,7 @@ class _LensRun:
             pooling=config.pooling,
             steps=config.steps,
             forward=config.forward,
-            store_dtype=None if config.store_dtype == "model" else config.store_dtype,
+            store_dtype=None if config.store_dtype == MODEL_STORE_DTYPE else config.store_dtype,
         )
         self._explain_forward(capturer)
         settings = self._settings(pipe)

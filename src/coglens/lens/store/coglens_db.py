@@ -14,9 +14,10 @@ from typing import Any, Literal
 from sqlalchemy import Connection, delete, insert, select
 
 from coglens.lens.store.connection import chunks
+from coglens.lens.store.formats import COGLENS_FORMAT
 from coglens.lens.store.records import ActivationRecord, SampleRecord
 from coglens.lens.store.rows import activation_rows_by_sample, sample_row
-from coglens.lens.store.schema import COGLENS_FORMAT, activations, metadata, prepare_schema, runs, samples, utc_now
+from coglens.lens.store.schema import activations, metadata, prepare_schema, runs, samples, utc_now
 from coglens.lens.store.writer import LensWriter
 
 
@@ -82,7 +83,7 @@ class LensStore(LensWriter):
 
     def __init__(self, target: str | os.PathLike[str]) -> None:
         super().__init__(target)
-        prepare_schema(self.engine, self.name, fmt=COGLENS_FORMAT, tables=metadata, create=True)
+        prepare_schema(self.sql_engine, self.name, fmt=COGLENS_FORMAT, tables=metadata, create=True)
 
     def _delete_run_rows(self, conn: Connection, run_id: int) -> None:
         delete_run_rows(conn, run_id)
@@ -94,6 +95,6 @@ class LensStore(LensWriter):
         written_at = utc_now()
         activation_rows = activation_rows_by_sample(samples, activations)
         sample_rows = [sample_row(record, written_at) for record in samples]
-        with self.engine.begin() as conn:
+        with self.sql_engine.begin() as conn:
             self._require_run(conn, run_id)
             insert_samples(conn, run_id, sample_rows, activation_rows, existing="replace")

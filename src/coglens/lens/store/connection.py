@@ -72,8 +72,8 @@ def _check_sqlite_path(url: URL, *, create: bool) -> None:
         raise LensDatabaseError(f"no database at {path}: check the path (a lens run writes it first)")
 
 
-def _configure_sqlite(engine: Engine) -> None:
-    @event.listens_for(engine, "connect")
+def _configure_sqlite(sql_engine: Engine) -> None:
+    @event.listens_for(sql_engine, "connect")
     def _on_connect(dbapi_connection, _record) -> None:
         # Let SQLAlchemy, not the sqlite3 module, decide where transactions begin (see "begin" below).
         dbapi_connection.isolation_level = None
@@ -82,32 +82,32 @@ def _configure_sqlite(engine: Engine) -> None:
             cursor.execute(f"PRAGMA {pragma}")
         cursor.close()
 
-    @event.listens_for(engine, "begin")
+    @event.listens_for(sql_engine, "begin")
     def _on_begin(connection) -> None:
         # sqlite3 would only BEGIN at the first INSERT/DELETE, leaving earlier SELECTs outside the transaction.
         connection.exec_driver_sql("BEGIN")
 
 
-def create_lens_engine(target: str | os.PathLike[str], *, create: bool) -> tuple[Engine, str]:
-    """Connect to `target`; `create=False` requires the database to exist. Returns (engine, display name)."""
+def create_sql_engine(target: str | os.PathLike[str], *, create: bool) -> tuple[Engine, str]:
+    """Connect to `target`; `create=False` requires the database to exist. Returns (sql_engine, display name)."""
     url = database_url(target)
     name = describe(url)
     is_sqlite = url.get_backend_name() == "sqlite"
     if is_sqlite:
         _check_sqlite_path(url, create=create)
     try:
-        engine = create_engine(url, connect_args={"timeout": 30} if is_sqlite else {})
+        sql_engine = create_engine(url, connect_args={"timeout": 30} if is_sqlite else {})
     except (NoSuchModuleError, ModuleNotFoundError) as error:
         raise LensDatabaseError(
             f"no database driver for {name}: {error}; for PostgreSQL install `pip install 'coglens[postgres]'` "
             "and use a postgresql+psycopg:// URL"
         ) from None
     if is_sqlite:
-        _configure_sqlite(engine)
+        _configure_sqlite(sql_engine)
     try:
-        with engine.connect():
+        with sql_engine.connect():
             pass
     except DBAPIError as error:
-        engine.dispose()
+        sql_engine.dispose()
         raise LensDatabaseError(f"cannot open {name}: {error.orig}") from None
-    return engine, name
+    return sql_engine, name

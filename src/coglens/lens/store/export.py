@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 
 from coglens.lens.store.errors import ActivationNotFoundError, FormatError
+from coglens.lens.store.formats import EXPORT_FORMATS
 from coglens.lens.store.reader import LensDB
 
-FORMATS_BY_SUFFIX = {".npz": "npz", ".safetensors": "safetensors", ".parquet": "parquet"}
 EXPORT_FORMAT_TAG = "coglens-lens-export"
 
 
@@ -33,15 +33,15 @@ def export_format(out_path: str | os.PathLike[str], format: str | None = None) -
     """`format` if given, else inferred from the suffix of `out_path`."""
     if format is None:
         suffix = Path(out_path).suffix.lower()
-        if suffix not in FORMATS_BY_SUFFIX:
+        if suffix not in EXPORT_FORMATS:
             raise FormatError(
                 f"cannot tell the export format of {os.fspath(out_path)!r}; end it with "
-                f"{', '.join(FORMATS_BY_SUFFIX)} or pass format="
+                f"{', '.join(EXPORT_FORMATS)} or pass format="
             )
-        return FORMATS_BY_SUFFIX[suffix]
-    if format not in FORMATS_BY_SUFFIX.values():
+        return EXPORT_FORMATS[suffix]
+    if format not in EXPORT_FORMATS.values():
         raise FormatError(
-            f"export format {format!r} is not supported; use one of {', '.join(FORMATS_BY_SUFFIX.values())}"
+            f"export format {format!r} is not supported; use one of {', '.join(EXPORT_FORMATS.values())}"
         )
     return format
 

@@ -15,8 +15,9 @@ from sqlalchemy import Connection, Engine, insert, select, update
 
 from coglens.lens.store import schema
 from coglens.lens.store.coglens_db import LensStore, insert_samples
-from coglens.lens.store.connection import chunks, create_lens_engine, database_url
+from coglens.lens.store.connection import chunks, create_sql_engine, database_url
 from coglens.lens.store.errors import LensDatabaseError
+from coglens.lens.store.formats import COGLENS_FORMAT
 from coglens.lens.store.resume import check_same_model
 
 # A run's merged status: the first of these any part has, else "finished" (every part finished).
@@ -50,27 +51,27 @@ def merge_databases(
     if any(database_url(source) == dest_url for source in sources):
         raise LensDatabaseError(f"{dest} is also a source; merge into a new database")
     # Open (and so validate) every source before writing anything.
-    engines = []
+    sql_engines = []
     try:
         for source in sources:
-            engine, name = create_lens_engine(source, create=False)
-            engines.append((engine, name))
-            schema.prepare_schema(engine, name, fmt=schema.COGLENS_FORMAT, tables=schema.metadata, create=False)
+            sql_engine, name = create_sql_engine(source, create=False)
+            sql_engines.append((sql_engine, name))
+            schema.prepare_schema(sql_engine, name, fmt=COGLENS_FORMAT, tables=schema.metadata, create=False)
         with LensStore(dest) as store:
-            return _merge(engines, store, samples_per_transaction)
+            return _merge(sql_engines, store, samples_per_transaction)
     finally:
-        for engine, _ in engines:
-            engine.dispose()
+        for sql_engine, _ in sql_engines:
+            sql_engine.dispose()
 
 
 def _merge(sources: list[tuple[Engine, str]], store: LensStore, samples_per_transaction: int) -> MergeReport:
     report = MergeReport()
     parts: dict[str, _RunParts] = {}
-    for engine, source_name in sources:
-        with engine.connect() as source:
+    for sql_engine, source_name in sources:
+        with sql_engine.connect() as source:
             for run in source.execute(select(schema.runs).order_by(schema.runs.c.id)).mappings().all():
                 if run["name"] not in parts:
-                    with store.engine.begin() as conn:
+                    with store.sql_engine.begin() as conn:
                         parts[run["name"]] = _dest_run(conn, run, store.name)
                 part = parts[run["name"]]
                 check_same_model(part.model, run, where=f"run {run['name']!r} of {source_name}")
@@ -80,7 +81,7 @@ def _merge(sources: list[tuple[Engine, str]], store: LensStore, samples_per_tran
                 added, skipped = _copy_samples(source, run["id"], store, part.dest_id, samples_per_transaction)
                 report.added[run["name"]] = report.added.get(run["name"], 0) + added
                 report.skipped[run["name"]] = report.skipped.get(run["name"], 0) + skipped
-    with store.engine.begin() as conn:
+    with store.sql_engine.begin() as conn:
         for part in parts.values():
             conn.execute(update(schema.runs).where(schema.runs.c.id == part.dest_id).values(**_merged_times(part)))
     return report
@@ -111,7 +112,7 @@ def _copy_samples(
 ) -> tuple[int, int]:
     """Copy the run's samples missing from the destination run; returns (added, skipped)."""
     s, a = schema.samples, schema.activations
-    with store.engine.connect() as conn:
+    with store.sql_engine.connect() as conn:
         present = set(conn.execute(select(s.c.sample_key).where(s.c.run_id == dest_run_id)).scalars())
     rows = source.execute(select(s).where(s.c.run_id == source_run_id).order_by(s.c.id)).mappings().all()
     missing = [row for row in rows if row["sample_key"] not in present]
@@ -123,6 +124,6 @@ def _copy_samples(
             copied = {key: value for key, value in row.items() if key not in ("id", "run_id", "sample_id")}
             activation_rows[key_of[row["sample_id"]]].append(copied)
         sample_rows = [{key: value for key, value in row.items() if key not in ("id", "run_id")} for row in chunk]
-        with store.engine.begin() as conn:
+        with store.sql_engine.begin() as conn:
             added += insert_samples(conn, dest_run_id, sample_rows, activation_rows, existing="skip")
     return added, len(rows) - added

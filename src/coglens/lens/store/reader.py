@@ -10,11 +10,12 @@ from typing import Any
 
 from sqlalchemy import Connection, func, select
 
+from coglens.lens.capture.choices import IO
 from coglens.lens.store import schema
 from coglens.lens.store.codec import ArrayKind, decode
-from coglens.lens.store.connection import chunks, create_lens_engine
+from coglens.lens.store.connection import chunks, create_sql_engine
 from coglens.lens.store.errors import ActivationNotFoundError, ActivationShapeError, RunNotFoundError
-from coglens.lens.store.records import IO
+from coglens.lens.store.formats import COGLENS_FORMAT
 from coglens.lens.store.rows import decode_token_ids, decode_token_types
 
 ACTIVATION_METADATA_COLUMNS = (
@@ -65,8 +66,8 @@ class LensDB:
     """
 
     def __init__(self, target: str | os.PathLike[str]) -> None:
-        self.engine, self.name = create_lens_engine(target, create=False)
-        schema.prepare_schema(self.engine, self.name, fmt=schema.COGLENS_FORMAT, tables=schema.metadata, create=False)
+        self.sql_engine, self.name = create_sql_engine(target, create=False)
+        schema.prepare_schema(self.sql_engine, self.name, fmt=COGLENS_FORMAT, tables=schema.metadata, create=False)
 
     def __enter__(self) -> LensDB:
         return self
@@ -75,7 +76,7 @@ class LensDB:
         self.close()
 
     def close(self) -> None:
-        self.engine.dispose()
+        self.sql_engine.dispose()
 
     def __repr__(self) -> str:
         return f"LensDB({self.name!r})"
@@ -94,7 +95,7 @@ class LensDB:
             .outerjoin(counts, counts.c.run_id == schema.runs.c.id)
             .order_by(schema.runs.c.id)
         )
-        with self.engine.connect() as conn:
+        with self.sql_engine.connect() as conn:
             records = [dict(row) for row in conn.execute(query).mappings()]
         for record in records:
             record.update(
@@ -105,7 +106,7 @@ class LensDB:
     def modules(self, run: str | int | None = None) -> list[str]:
         """Sorted names of the modules with stored activations (of `run`, or of every run)."""
         query = select(schema.activations.c.module).distinct().order_by(schema.activations.c.module)
-        with self.engine.connect() as conn:
+        with self.sql_engine.connect() as conn:
             if run is not None:
                 query = query.where(schema.activations.c.run_id == self._resolve_run(conn, run).id)
             return list(conn.execute(query).scalars())
@@ -119,7 +120,7 @@ class LensDB:
             .group_by(schema.runs.c.id, schema.runs.c.name, a.c.module, a.c.io, a.c.step)
             .order_by(schema.runs.c.id, a.c.module, a.c.io, a.c.step)
         )
-        with self.engine.connect() as conn:
+        with self.sql_engine.connect() as conn:
             if run is not None:
                 query = query.where(a.c.run_id == self._resolve_run(conn, run).id)
             records = [dict(row) for row in conn.execute(query).mappings()]
@@ -127,7 +128,7 @@ class LensDB:
 
     def run_name(self, run: str | int | None = None) -> str:
         """The name of `run` (a name or id), or of the only run when None."""
-        with self.engine.connect() as conn:
+        with self.sql_engine.connect() as conn:
             return self._resolve_run(conn, run).name
 
     def samples(self, run: str | int | None = None):
@@ -138,7 +139,7 @@ class LensDB:
             .join(schema.runs, schema.runs.c.id == s.c.run_id)
             .order_by(s.c.run_id, s.c.id)
         )
-        with self.engine.connect() as conn:
+        with self.sql_engine.connect() as conn:
             if run is not None:
                 query = query.where(s.c.run_id == self._resolve_run(conn, run).id)
             rows = conn.execute(query).mappings().all()
@@ -173,7 +174,7 @@ class LensDB:
         are left out (e.g. decoding steps after a sample's generation ended); requested ones must have it.
         numpy output upcasts bfloat16/float8 to float32.
         """
-        with self.engine.connect() as conn:
+        with self.sql_engine.connect() as conn:
             query = self._query(conn, module, run, label, samples, io, step)
             rows = [row for chunk in query.row_chunks(conn, chunk_size=1024) for row in chunk]
         return query.build(rows, as_, stack=True, across_chunks=False)
@@ -198,7 +199,7 @@ class LensDB:
         """
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-        with self.engine.connect() as conn:
+        with self.sql_engine.connect() as conn:
             query = self._query(conn, module, run, label, samples, io, step)
             for rows in query.row_chunks(conn, chunk_size=chunk_size):
                 if rows:

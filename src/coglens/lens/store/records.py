@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
-IO = Literal["output", "input"]
-IO_VALUES: tuple[str, ...] = ("output", "input")
+from coglens.lens.capture.choices import IO
 
 TokenIds = Sequence[int] | torch.Tensor | np.ndarray
 

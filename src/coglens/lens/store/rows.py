@@ -11,14 +11,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from coglens.lens.capture.choices import IO_VALUES
 from coglens.lens.store.codec import encode_tensor
 from coglens.lens.store.errors import BatchError
-from coglens.lens.store.records import IO_VALUES, ActivationRecord, SampleRecord, TokenIds
+from coglens.lens.store.records import ActivationRecord, SampleRecord, TokenIds
+from coglens.modeling.routing import VISION_TOKEN_TYPE
 
 # Stored widths: int32 holds every vocabulary index; token types are 0 (language) / 1 (vision) codes.
 _TOKEN_ID_DTYPE = np.dtype("<i4")
 _TOKEN_TYPE_DTYPE = np.dtype("|u1")
-VISION_TOKEN_TYPE = 1
 
 
 def _token_array(values: TokenIds, what: str, key: str, dtype: np.dtype) -> np.ndarray:

@@ -31,9 +31,8 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError
 
 from coglens.lens.store.errors import LensDatabaseError
+from coglens.lens.store.formats import VLMLENS_FORMAT
 
-COGLENS_FORMAT = "coglens"
-VLMLENS_FORMAT = "vlm-lens"
 SCHEMA_VERSION = 1
 RUN_STATUSES = ("running", "finished", "failed", "interrupted")
 
@@ -128,13 +127,13 @@ def as_utc(moment: datetime | None) -> datetime | None:
     return moment.replace(tzinfo=timezone.utc)
 
 
-def _read_marker(engine: Engine) -> dict[str, str]:
-    with engine.connect() as conn:
+def _read_marker(sql_engine: Engine) -> dict[str, str]:
+    with sql_engine.connect() as conn:
         return {key: value for key, value in conn.execute(select(schema_marker.c.key, schema_marker.c.value))}
 
 
 def prepare_schema(
-    engine: Engine,
+    sql_engine: Engine,
     database: str,
     *,
     fmt: str,
@@ -142,15 +141,15 @@ def prepare_schema(
     create: bool,
     accept_unmarked: Collection[str] = (),
 ) -> None:
-    """Check that `engine`'s database is a `fmt` database (creating the tables when `create` and it is new).
+    """Check that `sql_engine`'s database is a `fmt` database (creating the tables when `create` and it is new).
 
     `accept_unmarked`: table names of a database written by the original tool that `fmt` may adopt
     (the VLM-Lens writer appends to an existing VLM-Lens `tensors` table).
     """
-    existing = set(inspect(engine).get_table_names())
+    existing = set(inspect(sql_engine).get_table_names())
     ours = set(tables.tables)
     if schema_marker.name in existing:
-        marker = _read_marker(engine)
+        marker = _read_marker(sql_engine)
         found = marker.get("format")
         if found != fmt:
             hint = (
@@ -177,7 +176,7 @@ def prepare_schema(
             f"{database} is not a CogLens lens database (tables: {', '.join(sorted(existing))}); {hint}"
         )
     else:
-        foreign = existing - set(accept_unmarked) if engine.dialect.name == "sqlite" else existing & ours
+        foreign = existing - set(accept_unmarked) if sql_engine.dialect.name == "sqlite" else existing & ours
         if foreign:
             raise LensDatabaseError(
                 f"{database} already holds tables of another tool ({', '.join(sorted(foreign))}); "
@@ -185,7 +184,7 @@ def prepare_schema(
             )
     if create:
         try:
-            with engine.begin() as conn:
+            with sql_engine.begin() as conn:
                 tables.create_all(conn)
                 marker_metadata.create_all(conn)
                 if schema_marker.name not in existing:
@@ -195,5 +194,5 @@ def prepare_schema(
                     )
         except DBAPIError:
             # Another process (another rank on a shared PostgreSQL) created the schema at the same moment.
-            if _read_marker(engine).get("format") != fmt:
+            if _read_marker(sql_engine).get("format") != fmt:
                 raise

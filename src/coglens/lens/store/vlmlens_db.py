@@ -36,10 +36,12 @@ from sqlalchemy import (
 
 from coglens.lens.store.connection import chunks
 from coglens.lens.store.errors import LensDatabaseError
+from coglens.lens.store.formats import VLMLENS_FORMAT
 from coglens.lens.store.records import ActivationRecord, SampleRecord
 from coglens.lens.store.rows import check_batch
-from coglens.lens.store.schema import VLMLENS_FORMAT, Id, prepare_schema, runs_table
+from coglens.lens.store.schema import Id, prepare_schema, runs_table
 from coglens.lens.store.writer import LensWriter
+from coglens.modeling.configuration_cogvlm import COGVLM
 
 # VLM-Lens's own DDL, verbatim, so `sqlite3 db .schema` shows users exactly the table they know.
 TENSORS_DDL = """CREATE TABLE IF NOT EXISTS tensors (
@@ -57,7 +59,7 @@ TENSORS_DDL = """CREATE TABLE IF NOT EXISTS tensors (
     tensor BLOB NOT NULL
 )"""
 
-DEFAULT_ARCHITECTURE = "cogvlm"
+DEFAULT_ARCHITECTURE = COGVLM  # the `architecture` of a run that does not name its variant
 
 # Mirrors TENSORS_DDL for SQLAlchemy statements; never used to create the table.
 tensors = Table(
@@ -118,16 +120,16 @@ class VlmLensStore(LensWriter):
 
     def __init__(self, target: str | os.PathLike[str]) -> None:
         super().__init__(target)
-        if self.engine.dialect.name != "sqlite":
+        if self.sql_engine.dialect.name != "sqlite":
             self.close()
             raise LensDatabaseError(
                 f"output_format: vlm-lens writes a SQLite file, as VLM-Lens does, not {self.name}; give a file "
                 "path, or use output_format: coglens for PostgreSQL"
             )
         prepare_schema(
-            self.engine, self.name, fmt=VLMLENS_FORMAT, tables=bookkeeping, create=True, accept_unmarked={"tensors"}
+            self.sql_engine, self.name, fmt=VLMLENS_FORMAT, tables=bookkeeping, create=True, accept_unmarked={"tensors"}
         )
-        with self.engine.begin() as conn:
+        with self.sql_engine.begin() as conn:
             conn.exec_driver_sql(TENSORS_DDL)
 
     def _delete_run_rows(self, conn: Connection, run_id: int) -> None:
@@ -152,7 +154,7 @@ class VlmLensStore(LensWriter):
             return
         by_key = {sample.key: sample for sample in samples}
         blobs = [tensor_blob(torch.as_tensor(record.tensor)) for record in activations]
-        with self.engine.begin() as conn:
+        with self.sql_engine.begin() as conn:
             run = self._require_run(conn, run_id)
             tensor_rows = [
                 self._tensor_row(run, by_key[record.sample_key], record, *blob)

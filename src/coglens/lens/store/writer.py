@@ -19,7 +19,7 @@ from sqlalchemy import Connection, Table, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 import coglens
-from coglens.lens.store.connection import create_lens_engine
+from coglens.lens.store.connection import create_sql_engine
 from coglens.lens.store.errors import RunNotFoundError
 from coglens.lens.store.records import ActivationRecord, SampleRecord
 from coglens.lens.store.resume import check_resumable
@@ -43,7 +43,7 @@ class LensWriter(ABC):
     samples: Table
 
     def __init__(self, target: str | os.PathLike[str]) -> None:
-        self.engine, self.name = create_lens_engine(target, create=True)
+        self.sql_engine, self.name = create_sql_engine(target, create=True)
 
     def __enter__(self):
         return self
@@ -52,7 +52,7 @@ class LensWriter(ABC):
         self.close()
 
     def close(self) -> None:
-        self.engine.dispose()
+        self.sql_engine.dispose()
 
     @abstractmethod
     def write_batch(
@@ -93,7 +93,7 @@ class LensWriter(ABC):
             return self._start_run(name, values, overwrite=False)
 
     def _start_run(self, name: str, values: dict[str, Any], *, overwrite: bool) -> int:
-        with self.engine.begin() as conn:
+        with self.sql_engine.begin() as conn:
             found = conn.execute(select(self.runs).where(self.runs.c.name == name)).mappings().first()
             if found is not None and overwrite:
                 self._delete_run_rows(conn, found["id"])
@@ -117,7 +117,7 @@ class LensWriter(ABC):
 
     def completed_sample_keys(self, run_id: int) -> set[str]:
         """Keys of every sample stored in the run (each complete, with all its activations)."""
-        with self.engine.connect() as conn:
+        with self.sql_engine.connect() as conn:
             self._require_run(conn, run_id)
             query = select(self.samples.c.sample_key).where(self.samples.c.run_id == run_id)
             return set(conn.execute(query).scalars())
@@ -132,7 +132,7 @@ class LensWriter(ABC):
         self._set_status(run_id, "interrupted")
 
     def _set_status(self, run_id: int, status: str, *, error: str | None = None) -> None:
-        with self.engine.begin() as conn:
+        with self.sql_engine.begin() as conn:
             self._require_run(conn, run_id)
             ended = {"status": status, "finished_at": utc_now(), "error": error}
             conn.execute(update(self.runs).where(self.runs.c.id == run_id).values(**ended))

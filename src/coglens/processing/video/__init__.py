@@ -3,47 +3,18 @@
 >>> clip = load_video("clip.mp4")            # doctest: +SKIP
 >>> clip.frames.shape, clip.indices[:3]     # doctest: +SKIP
 (torch.Size([13, 3, 224, 224]), (0, 8, 16))
+
+The names below load on first use (PEP 562): ``coglens.processing.video.strategies`` stays light to import.
 """
 
-from coglens.processing.video.decode import (
-    DEFAULT_MAX_BYTES,
-    DEFAULT_MAX_DURATION_S,
-    DEFAULT_MAX_FRAMES,
-    DecodedVideo,
-    VideoInfo,
-    VideoSource,
-    decode_video,
-)
-from coglens.processing.video.errors import VideoInputError, VideoLimitError
-from coglens.processing.video.loader import TimeOrigin, VideoClip, load_video
-from coglens.processing.video.sampling import Rounding, SamplingStrategy, sample_frame_indices
-from coglens.processing.video.transform import (
-    CLIP_MEAN,
-    CLIP_STD,
-    frames_from_images,
-    frames_to_clip,
-    transform_clip,
-)
+from coglens._lazy import lazy_exports
 
-__all__ = [
-    "CLIP_MEAN",
-    "CLIP_STD",
-    "DEFAULT_MAX_BYTES",
-    "DEFAULT_MAX_DURATION_S",
-    "DEFAULT_MAX_FRAMES",
-    "DecodedVideo",
-    "Rounding",
-    "SamplingStrategy",
-    "TimeOrigin",
-    "VideoClip",
-    "VideoInfo",
-    "VideoInputError",
-    "VideoLimitError",
-    "VideoSource",
-    "decode_video",
-    "frames_from_images",
-    "frames_to_clip",
-    "load_video",
-    "sample_frame_indices",
-    "transform_clip",
-]
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    ".decode": ("DEFAULT_MAX_BYTES", "DEFAULT_MAX_DURATION_S", "DEFAULT_MAX_FRAMES", "DecodedVideo", "VideoInfo",
+                "VideoSource", "decode_video"),
+    ".errors": ("VideoInputError", "VideoLimitError"),
+    ".loader": ("TimeOrigin", "VideoClip", "load_video"),
+    ".sampling": ("Rounding", "sample_frame_indices"),
+    ".strategies": ("SAMPLING_STRATEGIES", "SamplingStrategy", "default_strategy"),
+    ".transform": ("CLIP_MEAN", "CLIP_STD", "frames_from_images", "frames_to_clip", "transform_clip"),
+})

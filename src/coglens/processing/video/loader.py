@@ -16,13 +16,8 @@ from coglens.processing.video.decode import (
     decode_video,
 )
 from coglens.processing.video.errors import VideoInputError
-from coglens.processing.video.sampling import (
-    DEFAULT_NUM_FRAMES,
-    DEFAULT_WINDOW_S,
-    Rounding,
-    SamplingStrategy,
-    sample_frame_indices,
-)
+from coglens.processing.video.sampling import Rounding, sample_frame_indices
+from coglens.processing.video.strategies import DEFAULT_NUM_FRAMES, DEFAULT_WINDOW_S, SamplingStrategy
 from coglens.processing.video.transform import frames_to_clip, transform_clip
 
 TimeOrigin = Literal["stream", "container"]

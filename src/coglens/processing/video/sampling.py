@@ -22,12 +22,9 @@ from typing import Literal
 import numpy as np
 
 from coglens.processing.video.errors import VideoInputError
+from coglens.processing.video.strategies import DEFAULT_NUM_FRAMES, DEFAULT_WINDOW_S, SamplingStrategy
 
-SamplingStrategy = Literal["chat", "base"]
 Rounding = Literal["half_even", "half_up"]
-
-DEFAULT_NUM_FRAMES = 24
-DEFAULT_WINDOW_S = 60.0
 
 
 def sample_frame_indices(

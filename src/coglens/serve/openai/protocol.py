@@ -56,10 +56,9 @@ class ChatCompletionRequest(WireModel):
         return self.max_tokens, "max_tokens"
 
     def to_sampling_params(self, max_new_tokens: int) -> SamplingParams:
-        temperature = 1.0 if self.temperature is None else self.temperature  # OpenAI's default samples
-        do_sample = temperature > 0 if self.do_sample is None else self.do_sample and temperature > 0
-        return SamplingParams(
-            max_new_tokens=max_new_tokens, temperature=temperature, do_sample=do_sample,
+        return SamplingParams.from_temperature(
+            1.0 if self.temperature is None else self.temperature,  # OpenAI's default samples
+            do_sample=self.do_sample, max_new_tokens=max_new_tokens,
             top_k=max(self.top_k or 0, 0), top_p=1.0 if self.top_p is None else self.top_p,
             repetition_penalty=self.repetition_penalty, presence_penalty=self.presence_penalty,
             frequency_penalty=self.frequency_penalty, stop=list(self.stop or []), ignore_eos=self.ignore_eos,

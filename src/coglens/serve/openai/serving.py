@@ -10,9 +10,9 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from ...engine import RequestGroup
-from ..conversation import Message, split_parts, to_conversation
 from ..errors import ServeError, UnsupportedInputError, to_serve_error
 from ..http import EventStreamResponse, now, sse
+from ..messages import Message, split_parts, to_conversation
 from ..service import GenerationService
 from .protocol import (
     AssistantMessage,

@@ -38,10 +38,9 @@ class TritonParameters(WireModel):
     template: str | None = None
 
     def to_sampling_params(self, max_new_tokens: int) -> SamplingParams:
-        return SamplingParams(
-            max_new_tokens=max_new_tokens, do_sample=self.do_sample and self.temperature > 0,
-            temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
-            repetition_penalty=self.repetition_penalty, presence_penalty=self.presence_penalty,
+        return SamplingParams.from_temperature(
+            self.temperature, do_sample=self.do_sample, max_new_tokens=max_new_tokens, top_k=self.top_k,
+            top_p=self.top_p, repetition_penalty=self.repetition_penalty, presence_penalty=self.presence_penalty,
             frequency_penalty=self.frequency_penalty, stop=list(self.stop), ignore_eos=self.ignore_eos,
             seed=self.seed,
         )

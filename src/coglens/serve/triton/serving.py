@@ -9,9 +9,9 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from ...engine import RequestGroup
-from ..conversation import completion_prompt
 from ..errors import ServeError, to_serve_error
 from ..http import EventStreamResponse, sse
+from ..messages import completion_prompt
 from ..service import GenerationService, PreparedPrompt
 from .protocol import (
     DEFAULT_MAX_NEW_TOKENS,

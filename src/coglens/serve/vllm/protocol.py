@@ -34,11 +34,11 @@ class VLLMGenerateRequest(WireModel):
     template: str | None = None
 
     def to_sampling_params(self, max_new_tokens: int) -> SamplingParams:
-        return SamplingParams(
-            max_new_tokens=max_new_tokens, temperature=self.temperature, do_sample=self.temperature > 0,
-            top_k=max(self.top_k, 0), top_p=self.top_p, repetition_penalty=self.repetition_penalty,
-            presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty, stop=list(self.stop),
-            stop_token_ids=list(self.stop_token_ids), ignore_eos=self.ignore_eos, seed=self.seed,
+        return SamplingParams.from_temperature(
+            self.temperature, max_new_tokens=max_new_tokens, top_k=max(self.top_k, 0), top_p=self.top_p,
+            repetition_penalty=self.repetition_penalty, presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty, stop=list(self.stop), stop_token_ids=list(self.stop_token_ids),
+            ignore_eos=self.ignore_eos, seed=self.seed,
         )
 
 
