@@ -186,3 +186,42 @@ def test_hub_ids_resolve_offline_from_the_hf_cache(cogvlm2, tmp_path, monkeypatc
         CogvlmForCausalLM.from_pretrained("THUDM/not-cached")
     with pytest.raises(HubError, match="revision 'v9'"):
         CogvlmForCausalLM.from_pretrained("THUDM/cogvlm2-llama3-chat-19B", revision="v9")
+
+
+def test_keywords_that_would_change_what_is_loaded_are_refused_not_ignored(cogvlm2):
+    folder, _, _ = cogvlm2
+    with pytest.raises(NotImplementedError, match="quantization_config"):
+        CogvlmForCausalLM.from_pretrained(folder, quantization_config={"load_in_4bit": True})
+    with pytest.raises(NotImplementedError, match="variant="):
+        CogvlmForCausalLM.from_pretrained(folder, variant="fp16")
+    with pytest.raises(TypeError, match="torch_dtpye"):
+        CogvlmForCausalLM.from_pretrained(folder, torch_dtpye=torch.float16)
+    with pytest.raises(ValueError, match="num_attention_heads"):  # overrides are validated like config.json
+        CogvlmForCausalLM.from_pretrained(folder, num_attention_heads=5)
+    # the remote-code era keywords of the model cards still load
+    assert CogvlmForCausalLM.from_pretrained(folder, trust_remote_code=True, low_cpu_mem_usage=True) is not None
+
+
+@torch.no_grad()
+def test_attn_implementation_per_sub_config(cogvlm2):
+    folder, model, g = cogvlm2
+    mixed = CogvlmForCausalLM.from_pretrained(folder, attn_implementation={"": "sdpa", "vision_config": "eager"})
+    assert mixed.config._attn_implementation == "sdpa"
+    assert mixed.config.vision_config._attn_implementation == "eager"
+    torch.testing.assert_close(mixed(**_batch(g), pixel_values=g["batch_left_pad/images"]).logits,
+                               model(**_batch(g), pixel_values=g["batch_left_pad/images"]).logits, **TOL)
+
+
+def test_every_variant_is_known_to_the_auto_classes(tmp_path):
+    from transformers import AutoModel, AutoModelForImageTextToText
+
+    from coglens import Cogvlm2Config, Cogvlm2VideoConfig, CogvlmConfig
+
+    for config_cls in (CogvlmConfig, Cogvlm2Config, Cogvlm2VideoConfig):
+        config = config_cls(vocab_size=64, hidden_size=32, intermediate_size=37, num_hidden_layers=1,
+                            num_attention_heads=4, vision_config={"image_size": 28, "patch_size": 14,
+                                                                  "hidden_size": 16, "num_heads": 2,
+                                                                  "num_hidden_layers": 1, "intermediate_size": 20})
+        base = AutoModel.from_config(config)
+        assert isinstance(base, CogvlmModel) and base.config_class is config_cls
+        assert isinstance(AutoModelForImageTextToText.from_config(config), CogvlmForCausalLM)

@@ -166,10 +166,18 @@ def load_pretrained(
         config = load_config(config if config is not None else folder)
     else:
         config = copy.deepcopy(config)
+    _refuse_unsupported(kwargs)
     for key in [k for k in kwargs if hasattr(config, k)]:  # config overrides, as transformers takes them
         setattr(config, key, kwargs.pop(key))
+    if kwargs:
+        raise TypeError(f"from_pretrained() got unknown keyword(s) {', '.join(sorted(kwargs))}: neither loading "
+                        "options nor fields of the model's config")
+    config.validate()
     if attn_implementation is not None:
-        attention_function(attn_implementation)  # refuse an unknown backend before loading anything
+        # one backend for all, or transformers' per-sub-config dict ({"": "sdpa", "vision_config": "eager"})
+        names = attn_implementation.values() if isinstance(attn_implementation, dict) else [attn_implementation]
+        for name in names:
+            attention_function(name)  # refuse an unknown backend before loading anything
         config._attn_implementation = attn_implementation
 
     files = checkpoint_files(folder) if state_dict is None else []
@@ -244,6 +252,33 @@ def load_pretrained(
         return model, {"missing_keys": set(missing), "unexpected_keys": set(unexpected), "mismatched_keys": set(),
                        "error_msgs": []}
     return model
+
+
+# transformers' loading keywords that have no effect here: remote code never runs, loading is always low-memory
+# and prefers safetensors; the underscored ones are what transformers' Auto classes pass along
+_NO_OP_KWARGS = ("trust_remote_code", "low_cpu_mem_usage", "use_safetensors", "resume_download", "proxies",
+                 "code_revision", "_fast_init", "_from_auto", "_from_pipeline", "_commit_hash", "adapter_kwargs",
+                 "ignore_mismatched_sizes")  # a shape mismatch stays an error naming file, key and shapes
+_NOT_YET = {
+    "quantization_config": "quantized loading", "load_in_8bit": "quantized loading",
+    "load_in_4bit": "quantized loading", "variant": "weight-file variants (variant=)",
+    "subfolder": "checkpoints in a subfolder (subfolder=)", "tp_plan": "tensor parallelism (tp_plan=)",
+    "key_mapping": "renamed checkpoint keys (key_mapping=)",
+}
+
+
+def _refuse_unsupported(kwargs: dict[str, Any]) -> None:
+    """Drop the no-op keywords; refuse the ones that would change what is loaded, rather than ignore them."""
+    for key in _NO_OP_KWARGS:
+        kwargs.pop(key, None)
+    asked = [key for key in _NOT_YET if kwargs.get(key)]  # the Auto classes pass empty defaults (subfolder="")
+    if asked:
+        raise NotImplementedError(
+            f"CogLens's from_pretrained does not support {', '.join(_NOT_YET[k] for k in asked)} yet "
+            f"({', '.join(asked)}); load the full-precision checkpoint folder as released"
+        )
+    for key in _NOT_YET:
+        kwargs.pop(key, None)
 
 
 def _prefix_mapper(expected: set[str], keys: set[str], prefix: str) -> Callable[[str], str]:

@@ -446,6 +446,14 @@ class CogvlmForCausalLM(CogvlmPreTrainedModel, GenerationMixin):
         return build_conversation_input_ids(tokenizer, config=self.config, **kwargs)
 
 
+class Cogvlm2Model(CogvlmModel):
+    config_class = Cogvlm2Config
+
+
+class Cogvlm2VideoModel(CogvlmModel):
+    config_class = Cogvlm2VideoConfig
+
+
 class Cogvlm2ForCausalLM(CogvlmForCausalLM):
     config_class = Cogvlm2Config
 
