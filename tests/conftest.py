@@ -17,7 +17,7 @@ import torch
 if TYPE_CHECKING:
     from coglens.pipeline import Pipeline
 
-torch.set_num_threads(int(os.environ.get("XTHREADS", "0")) or max(1, min(2, os.cpu_count() or 1)))
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
 @pytest.fixture(scope="session", autouse=True)
