@@ -37,10 +37,18 @@ def serve(
     max_image_mb: Annotated[float, typer.Option("--max-image-mb", help="Largest local/remote image file.")] = 20,
     max_image_pixels: Annotated[int, typer.Option("--max-image-pixels", help="Largest image (width x height).")]
     = 25_000_000,
+    max_video_frame_pixels: Annotated[int, typer.Option(
+        "--max-video-frame-pixels", help="Largest video frame (width x height, read before decoding).")] = 8_294_400,
     max_video_mb: Annotated[float, typer.Option("--max-video-mb", help="Largest video.")] = 200,
     max_video_seconds: Annotated[float, typer.Option("--max-video-seconds", help="Longest video.")] = 600,
     max_prompt_tokens: Annotated[int, typer.Option("--max-prompt-tokens", help="Longest prompt, images included.")]
     = 16_384,
+    max_media_parts: Annotated[int, typer.Option("--max-media-parts", help="Most images + videos per request.")]
+    = 16,
+    max_request_pixels: Annotated[int, typer.Option(
+        "--max-request-pixels", help="Pixels of all images and sampled video frames of one request.")] = 100_000_000,
+    max_json_depth: Annotated[int, typer.Option("--max-json-depth", help="Deepest JSON nesting of a body.")] = 64,
+    body_timeout: Annotated[float, typer.Option("--body-timeout", help="Seconds to receive a request body.")] = 30,
     max_queue: Annotated[int, typer.Option("--max-queue", help="Requests waiting for the batch before 429s.")] = 256,
     max_n: Annotated[int, typer.Option("--max-n", help="Most choices per request (n).")] = 8,
     request_timeout: Annotated[float, typer.Option("--request-timeout", help="Seconds a request may take.")] = 600,
@@ -60,29 +68,23 @@ def serve(
         raise ValueError("--api-key is empty; give a secret, or leave the option out to serve without auth")
     if allow_local_media is not None and not allow_local_media.is_dir():
         raise ValueError(f"--allow-local-media {str(allow_local_media)!r} is not a directory")
-    for flag, value in (("--max-body-mb", max_body_mb), ("--max-image-mb", max_image_mb),
-                        ("--max-image-pixels", max_image_pixels), ("--max-video-mb", max_video_mb),
-                        ("--max-video-seconds", max_video_seconds), ("--max-prompt-tokens", max_prompt_tokens),
-                        ("--max-queue", max_queue), ("--max-n", max_n), ("--request-timeout", request_timeout),
-                        ("--fetch-timeout", fetch_timeout)):
-        if value <= 0:
-            raise ValueError(f"{flag} must be > 0, got {value}")
-    if max_redirects < 0:
-        raise ValueError(f"--max-redirects must be >= 0, got {max_redirects}")
+    from ..serve.limits import ServeLimits  # light: validates every limit with its flag's name
+
+    limits = ServeLimits(
+        max_body_bytes=int(max_body_mb * MIB), max_image_bytes=int(max_image_mb * MIB),
+        max_image_pixels=max_image_pixels, max_video_frame_pixels=max_video_frame_pixels,
+        max_video_bytes=int(max_video_mb * MIB), max_video_seconds=max_video_seconds,
+        max_media_parts=max_media_parts, max_request_pixels=max_request_pixels, max_prompt_tokens=max_prompt_tokens,
+        max_json_depth=max_json_depth, body_timeout_s=body_timeout, max_queue=max_queue, max_n=max_n,
+        request_timeout_s=request_timeout, fetch_timeout_s=fetch_timeout, max_redirects=max_redirects,
+    )
 
     import uvicorn
 
     from ..pipeline import DEFAULT_TINY_MODEL, Pipeline
     from ..serve.app import create_app
-    from ..serve.limits import ServeLimits
     from ..serve.settings import ServeSettings
 
-    limits = ServeLimits(
-        max_body_bytes=int(max_body_mb * MIB), max_image_bytes=int(max_image_mb * MIB),
-        max_image_pixels=max_image_pixels, max_video_bytes=int(max_video_mb * MIB),
-        max_video_seconds=max_video_seconds, max_prompt_tokens=max_prompt_tokens, max_queue=max_queue, max_n=max_n,
-        request_timeout_s=request_timeout, fetch_timeout_s=fetch_timeout, max_redirects=max_redirects,
-    )
     settings = ServeSettings(
         model=model or DEFAULT_TINY_MODEL, tokenizer=tokenizer, dtype=dtype, device=device,
         max_batch_size=max_batch_size, served_model_names=tuple(served_model_name or ()), template=template,

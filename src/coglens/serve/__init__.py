@@ -7,8 +7,8 @@
     uvicorn.run(create_app(ServeSettings(model="tiny:cogvlm2", api_key="secret")), port=8000)
 """
 
-from .app import create_app
-from .limits import ServeLimits
-from .settings import ServeSettings
+from coglens._lazy import lazy_exports
 
-__all__ = ["ServeLimits", "ServeSettings", "create_app"]
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    ".app": ["create_app"], ".limits": ["ServeLimits"], ".settings": ["ServeSettings"],
+})

@@ -93,6 +93,13 @@ class OverloadedError(ServeError):
     kind = "overloaded"
 
 
+class BodyTimeoutError(ServeError):
+    """The client did not send the whole body in time (a Content-Length larger than what it sends)."""
+
+    status_code = 408
+    kind = "timeout"
+
+
 class ClientClosedError(ServeError):
     """The client went away before the answer was ready (nginx's 499: nobody reads this response)."""
 

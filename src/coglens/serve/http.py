@@ -20,8 +20,15 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from .errors import ClientClosedError, InvalidRequestError, ServeError, limit_error, to_serve_error
-from .limits import mib
+from .errors import (
+    BodyTimeoutError,
+    ClientClosedError,
+    InvalidRequestError,
+    ServeError,
+    limit_error,
+    to_serve_error,
+)
+from .limits import ServeLimits, mib
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 ErrorRenderer = Callable[[Request, ServeError], Response]
@@ -51,10 +58,32 @@ def protocol_route(protocol: str, render: ErrorRenderer) -> type[APIRoute]:
 
 
 async def read_json(request: Request, max_bytes: int) -> Any:
-    """The request body as JSON, read within ``max_bytes``, whatever its Content-Type says."""
+    """The request body as JSON, read within ``max_bytes`` and ``--body-timeout``, whatever its Content-Type says,
+    and checked for nesting depth and invalid Unicode before any model sees it."""
+    limits: ServeLimits = request.app.state.service.limits
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes:
         raise limit_error(f"the request body is {int(declared)} bytes", "max_body_bytes", mib(max_bytes))
+    try:
+        async with asyncio.timeout(limits.body_timeout_s):
+            body = await _read_body(request, max_bytes)
+    except TimeoutError:
+        raise BodyTimeoutError(
+            f"the request body did not arrive within {limits.body_timeout_s:g} s (is Content-Length larger than "
+            f"the body?); raise the limit with {ServeLimits.flag('body_timeout_s')}", code="body_timeout_s") from None
+    if not body.strip():
+        raise InvalidRequestError("the request body is empty; send a JSON object")
+    try:
+        data = json.loads(body)
+    except RecursionError:
+        raise _too_deep(limits) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidRequestError(f"the request body is not valid JSON: {exc}") from exc
+    check_json_values(data, max_depth=limits.max_json_depth)
+    return data
+
+
+async def _read_body(request: Request, max_bytes: int) -> bytes:
     chunks, total = [], 0
     try:
         async for chunk in request.stream():
@@ -65,13 +94,44 @@ async def read_json(request: Request, max_bytes: int) -> Any:
             chunks.append(chunk)
     except ClientDisconnect:
         raise ClientClosedError("the client closed the connection while sending the body") from None
-    body = b"".join(chunks)
-    if not body.strip():
-        raise InvalidRequestError("the request body is empty; send a JSON object")
+    return b"".join(chunks)
+
+
+def check_json_values(data: Any, *, max_depth: int) -> None:
+    """Refuse nesting deeper than ``max_depth`` and strings that are not valid Unicode (JSON's ``\\ud800``
+    escapes decode to lone surrogates, which no tokenizer or encoder takes). Iterative: no recursion to blow."""
+    stack: list[tuple[Any, str, int]] = [(data, "", 1)]
+    while stack:
+        value, where, depth = stack.pop()
+        if isinstance(value, str):
+            _check_unicode(value, where or "the body")
+            continue
+        if not isinstance(value, (dict, list)):
+            continue
+        if depth > max_depth:
+            raise InvalidRequestError(
+                f"{where or 'the body'}: JSON nested more than {max_depth} levels deep; raise the limit with "
+                f"{ServeLimits.flag('max_json_depth')}", param=where or None, code="max_json_depth")
+        if isinstance(value, dict):
+            for key, item in value.items():
+                _check_unicode(key, f"{where}.{key!r}" if where else repr(key))
+                stack.append((item, f"{where}.{key}" if where else key, depth + 1))
+        else:
+            stack.extend((item, f"{where}[{i}]", depth + 1) for i, item in enumerate(value))
+
+
+def _check_unicode(text: str, where: str) -> None:
     try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidRequestError(f"the request body is not valid JSON: {exc}") from exc
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidRequestError(
+            f"{where}: invalid Unicode at character {exc.start} (a lone surrogate such as \\ud800 without its pair); "
+            "send valid UTF-8 text", param=where) from None
+
+
+def _too_deep(limits: ServeLimits) -> InvalidRequestError:
+    return InvalidRequestError(f"the request body is JSON nested more than {limits.max_json_depth} levels deep "
+                               f"(raise the limit with {ServeLimits.flag('max_json_depth')})", code="max_json_depth")
 
 
 def parse(model: type[ModelT], data: Any) -> ModelT:
