@@ -261,3 +261,68 @@ def test_pillows_own_bomb_guard_becomes_our_error(side):
     # max_pixels is set above the image, so only Pillow's MAX_IMAGE_PIXELS check (warning, or error at 2x) fires.
     with pytest.raises(ImageTooLargeError, match="decompression bomb"):
         load_image(_png_header_only(side, side), max_pixels=10**12)
+
+
+# --- hostile data -------------------------------------------------------------------------------------------
+
+
+def _png(width: int, height: int, *chunks: tuple[bytes, bytes]) -> bytes:
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+    return b"\x89PNG\r\n\x1a\n" + header + b"".join(chunk(kind, body) for kind, body in chunks) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("data", [
+    b"\x89PNG\r\n\x1a\n" + b"garbage" * 10,  # Pillow: OSError while opening
+    b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR" + b"\x00" * 5,  # ValueError: truncated IHDR
+    b"BM" + b"\xff" * 60,  # OSError while opening
+    b"RIFF\x10\x00\x00\x00WEBPVP8 " + b"\x00" * 20,  # the WebP decoder cannot start
+    _png(4, 4, (b"IDAT", b"not deflate")),  # zlib stream error while decoding
+], ids=["png-garbage", "png-short-header", "bmp-garbage", "webp-garbage", "png-bad-deflate"])
+def test_valid_signature_with_a_garbage_body_is_an_image_error(data):
+    with pytest.raises(ImageDecodeError, match=r"the given image bytes \(\d+ bytes\) is (corrupt|not an image)"):
+        load_image(data)
+
+
+@pytest.mark.parametrize(("width", "height"), [(0, 0), (5, 0), (0, 7)])
+def test_zero_sized_png_says_so(width, height):
+    with pytest.raises(ImageDecodeError, match=rf"the image has zero width or height \({width}x{height}\)"):
+        load_image(_png(width, height))
+
+
+def test_zero_sized_bmp_file_says_so(tmp_path):
+    bmp = bytearray(_encoded(Image.new("RGB", (3, 2)), "BMP"))
+    bmp[18:26] = struct.pack("<ii", 3, 0)
+    path = tmp_path / "flat.bmp"
+    path.write_bytes(bytes(bmp))
+    with pytest.raises(ImageDecodeError, match=r"flat.bmp': the image has zero width or height \(3x0\)"):
+        load_image(path)
+
+
+def test_unreadable_file_names_the_file(tmp_path):
+    path = tmp_path / "locked.png"
+    path.write_bytes(_encoded(_noise(), "PNG"))
+    path.chmod(0)
+    try:
+        if _readable(path):
+            pytest.skip("running as a user who can read any file (root)")
+        with pytest.raises(ImageNotFoundError, match=r"locked.png' cannot be read: Permission denied"):
+            load_image(path)
+    finally:
+        path.chmod(0o600)
+
+
+def _readable(path) -> bool:
+    try:
+        path.read_bytes()
+    except PermissionError:
+        return False
+    return True
+
+
+def test_too_large_error_carries_the_header_pixels():
+    with pytest.raises(ImageTooLargeError) as caught:
+        load_image(_png_header_only(300, 200), max_pixels=59_999)
+    assert caught.value.pixels == 60_000

@@ -15,14 +15,23 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from serve_helpers import IMAGE, data_url, image_bytes
 
 from coglens.processing.image import load_image, preprocess_image
-from coglens.serve.errors import ForbiddenMediaError, LimitExceededError, MediaFetchError, UnsupportedMediaTypeError
+from coglens.serve.errors import (
+    ForbiddenMediaError,
+    InvalidRequestError,
+    LimitExceededError,
+    MediaFetchError,
+    ServeError,
+    UnsupportedMediaTypeError,
+)
 from coglens.serve.fetch import RemoteFetcher, is_public_address
 from coglens.serve.limits import ServeLimits
-from coglens.serve.media import MediaLoader
+from coglens.serve.media import MediaBudget, MediaLoader
 from coglens.serve.messages import MediaRef
 
 SIZE = 56
@@ -179,3 +188,100 @@ def test_server_refuses_loopback_media_urls_and_path_escapes(server, origin):
         assert response.status_code in (400, 403), response.text
         assert words in response.json()["error"]["message"]
         assert response.json()["error"]["param"] == "messages[0].content[1]"
+
+
+@pytest.mark.parametrize("url", ["red\x00.png", "file:///red%00.png", "sub/%00/../red.png\x00"])
+def test_nul_in_a_local_path_is_a_400_naming_the_part(media_dir: Path, url: str):
+    loader = MediaLoader(ServeLimits(), local_root=media_dir)
+    with pytest.raises(InvalidRequestError, match=r"messages\[0\]\.content\[1\]: the image path .* NUL") as caught:
+        _image(loader, url)
+    assert caught.value.param == "messages[0].content[1]"
+
+
+@pytest.mark.parametrize("url", ["\ud800.png", "x" * 5000 + ".png"], ids=["lone-surrogate", "name-too-long"])
+def test_paths_the_os_cannot_take_are_a_400(media_dir: Path, url: str):
+    with pytest.raises(InvalidRequestError, match=r"messages\[0\]\.content\[1\]: cannot use the image path"):
+        _image(MediaLoader(ServeLimits(), local_root=media_dir), url)
+
+
+def test_png_signature_with_a_garbage_body_is_a_400():
+    loader = MediaLoader(ServeLimits())
+    for data in (b"\x89PNG\r\n\x1a\n" + b"garbage" * 10, b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR" + b"\x00" * 5):
+        with pytest.raises(InvalidRequestError, match="corrupt or truncated"):
+            _image(loader, data_url(data, "image/png"))
+
+
+def _budgeted(loader: MediaLoader, budget: MediaBudget, data: bytes) -> torch.Tensor:
+    ref = MediaRef("image", data_url(data, "image/png"), "messages[0].content[1]")
+    return asyncio.run(loader.image(ref, SIZE, budget=budget))
+
+
+def test_request_pixel_budget_counts_every_image_of_the_request():
+    loader = MediaLoader(ServeLimits(max_image_pixels=2000, max_request_pixels=3000))
+    budget = loader.budget()
+    _budgeted(loader, budget, image_bytes("PNG", size=(40, 30)))  # 1200 pixels
+    _budgeted(loader, budget, image_bytes("PNG", size=(40, 30)))  # 2400
+    assert budget.used == 2400
+    with pytest.raises(LimitExceededError, match=r"1200 more pixels .* after 2400 already decoded .*"
+                                                  r"limit of 3000 pixels \(raise it with --max-request-pixels\)"):
+        _budgeted(loader, budget, image_bytes("PNG", size=(40, 30)))
+    assert budget.used == 2400  # a refused image is not counted
+    _budgeted(loader, budget, image_bytes("PNG", size=(20, 30)))  # exactly the 600 left
+    assert budget.remaining == 0
+    # A fresh budget per request; an image over the per-image limit still names that limit.
+    with pytest.raises(LimitExceededError, match="--max-image-pixels"):
+        _budgeted(loader, loader.budget(), image_bytes("PNG", size=(50, 50)))
+
+
+def test_request_budget_is_checked_from_the_header_before_decoding():
+    # A PNG that declares 100x100 but holds no pixel data: decoding it would fail as corrupt.
+    header_only = Image.new("RGB", (100, 100))
+    data = io.BytesIO()
+    header_only.save(data, "PNG")
+    truncated = data.getvalue()[:60]
+    loader = MediaLoader(ServeLimits(max_request_pixels=9999))
+    with pytest.raises(LimitExceededError, match="--max-request-pixels"):
+        _budgeted(loader, loader.budget(), truncated)
+
+
+# --- property tests: any URL string or payload ends in pixels or a ServeError (a 4xx), never a 500 -------------
+
+_SIGNATURES = [b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF89a", b"RIFF\x00\x01\x00\x00WEBPVP8 ", b"BM",
+               b"\x00\x00\x00\x18ftypisom", b"\x1a\x45\xdf\xa3", b"RIFF\x00\x01\x00\x00AVI LIST"]
+_FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def _load_any(loader: MediaLoader, kind: str, url: str) -> None:
+    ref = MediaRef(kind, url, "messages[0].content[1]")
+    try:
+        pixels = asyncio.run(loader.image(ref, SIZE) if kind == "image" else loader.video(ref, SIZE))
+    except ServeError as exc:
+        assert 400 <= exc.status_code < 500 and exc.param == "messages[0].content[1]"
+        return
+    assert pixels.shape[-3:] == (3, SIZE, SIZE) and pixels.dtype == torch.float32
+
+
+@_FUZZ
+@given(kind=st.sampled_from(["image", "video"]),
+       payload=st.tuples(st.sampled_from(_SIGNATURES), st.binary(max_size=300)).map(b"".join) | st.binary(max_size=64),
+       media_type=st.sampled_from(["image/png", "video/mp4", "application/octet-stream", ""]))
+def test_any_data_url_payload_is_pixels_or_a_4xx(kind, payload, media_type):
+    _load_any(MediaLoader(ServeLimits()), kind, data_url(payload, media_type))
+
+
+@_FUZZ
+@given(kind=st.sampled_from(["image", "video"]),
+       url=st.text(max_size=80) | st.text(max_size=80).map(lambda text: "data:" + text)
+       | st.text(max_size=80).map(lambda text: "file://" + text))
+def test_any_url_string_is_pixels_or_a_4xx(media_dir: Path, kind, url):
+    _load_any(MediaLoader(ServeLimits(), local_root=media_dir), kind, url)
+
+
+def test_malformed_urls_are_a_400():
+    loader = MediaLoader(ServeLimits())
+    with pytest.raises(InvalidRequestError, match=r"malformed URL 'http://\[::1' \(Invalid IPv6 URL\)"):
+        _image(loader, "http://[::1")
+    for url, words in (("http://example.com:port/x.png", "Port could not be cast"),
+                       ("http://example.com:99999/x.png", "Port out of range")):
+        with pytest.raises(MediaFetchError, match=f"malformed URL .*{words}"):
+            _fetch(url)

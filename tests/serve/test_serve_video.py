@@ -136,3 +136,39 @@ def test_video_errors(video_server, video):
     response = httpx.post(f"{video_server.url}/v1/chat/completions",
                           json={"messages": [{"role": "user", "content": [image]}], "max_tokens": 2})
     assert response.status_code == 400 and "video model" in response.json()["error"]["message"]
+
+
+def _load_video(loader, url: str, budget=None):
+    import asyncio
+
+    from coglens.serve.messages import MediaRef
+
+    return asyncio.run(loader.video(MediaRef("video", url, "messages[0].content[0]"), 56, budget=budget))
+
+
+def test_video_frame_pixels_are_limited_from_the_header(video):
+    from coglens.serve.errors import LimitExceededError
+    from coglens.serve.media import MediaLoader
+
+    loader = MediaLoader(ServeLimits(max_video_frame_pixels=32 * 32 - 1))
+    with pytest.raises(LimitExceededError, match=r"frames are 1024 pixels each, over the server's limit of 1023 "
+                                                  r"pixels \(raise it with --max-video-frame-pixels\)"):
+        _load_video(loader, data_url(video, "video/mp4"))
+    assert _load_video(MediaLoader(ServeLimits(max_video_frame_pixels=32 * 32)),
+                       data_url(video, "video/mp4")).shape == (3, 3, 56, 56)
+
+
+def test_video_sampled_frames_are_charged_to_the_request_budget(video):
+    from coglens.serve.errors import LimitExceededError
+    from coglens.serve.media import MediaLoader
+
+    url = data_url(video, "video/mp4")  # 8 frames at 4 fps: 'chat' samples seconds 0, 1, 2 -> 3 frames of 32x32
+    loader = MediaLoader(ServeLimits(max_request_pixels=3 * 1024 + 100))
+    budget = loader.budget()
+    budget.charge("messages[0].content[0]", 101)  # what earlier media of the request used
+    with pytest.raises(LimitExceededError, match=r"3072 more pixels .* after 101 already decoded .*"
+                                                  r"--max-request-pixels"):
+        _load_video(loader, url, budget)
+    assert budget.used == 101
+    fresh = loader.budget()
+    assert _load_video(loader, url, fresh).shape == (3, 3, 56, 56) and fresh.used == 3072

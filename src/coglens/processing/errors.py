@@ -28,7 +28,15 @@ class ImageModeError(ImageInputError):
 
 
 class ImageTooLargeError(ImageInputError):
-    """The image has more pixels than allowed (a possible decompression bomb); refused before decoding."""
+    """The image has more pixels than allowed (a possible decompression bomb); refused before decoding.
+
+    ``pixels`` is the width x height its header declares, when known, so a caller with several limits (a server's
+    per-image and per-request budgets) can tell which one refused it.
+    """
+
+    def __init__(self, message: str, *, pixels: int | None = None) -> None:
+        super().__init__(message)
+        self.pixels = pixels
 
 
 class TemplateError(ProcessingError):

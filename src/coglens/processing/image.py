@@ -8,7 +8,9 @@ Pillow does the resize, the rest is the same float32 arithmetic, so the result i
 from __future__ import annotations
 
 import io
+import struct
 import warnings
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +21,7 @@ from PIL import Image, UnidentifiedImageError
 
 from coglens.processing.errors import (
     ImageDecodeError,
+    ImageInputError,
     ImageModeError,
     ImageNotFoundError,
     ImageTooLargeError,
@@ -33,8 +36,10 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 _HIGH_DEPTH_MODES = frozenset({"I", "F", "I;16", "I;16L", "I;16B", "I;16N"})
-# Pillow's own failures while decoding pixel data (truncated streams, bad chunks, broken headers).
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError)
+# What Pillow's plugins raise on hostile or damaged data (truncated streams, bad chunks, broken headers, bad
+# deflate streams, out-of-range header fields), while opening or while decoding.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError, struct.error, zlib.error)
+_HEAD_BYTES = 32  # enough for the sizes that _declared_size reads
 
 
 def load_image(
@@ -50,14 +55,8 @@ def load_image(
     if isinstance(src, Image.Image):
         return _decoded_rgb(src, "the given PIL image", max_pixels, background)
     where, stream = _open_source(src)
-    try:
-        with _pillow_bomb_guard(where, max_pixels):
-            image = Image.open(stream)
-    except UnidentifiedImageError as exc:
-        raise ImageDecodeError(
-            f"{where} is not an image Pillow can read (unknown format or not image data); "
-            "pass a PNG, JPEG, GIF, BMP, TIFF or WebP file"
-        ) from exc
+    with _decoder_errors(where, stream), _pillow_bomb_guard(where, max_pixels):
+        image = Image.open(stream)
     with image:
         return _decoded_rgb(image, where, max_pixels, background)
 
@@ -141,21 +140,74 @@ def _pillow_bomb_guard(where: str, max_pixels: int) -> Iterator[None]:
             ) from exc
 
 
+@contextmanager
+def _decoder_errors(where: str, stream: io.BytesIO | Path | None = None) -> Iterator[None]:
+    """Turn whatever Pillow raises on unreadable data into one :class:`ImageDecodeError` that names ``where``.
+
+    Our own :class:`ImageInputError` passes through (it is a ValueError too). ``stream``, when given, is re-read
+    to tell a zero-sized image from data that is no image at all.
+    """
+    try:
+        yield
+    except ImageInputError:
+        raise
+    except UnidentifiedImageError as exc:
+        size = _declared_size(_head(stream)) if stream is not None else None
+        if size is not None and 0 in size:
+            raise ImageDecodeError(
+                f"{where}: the image has zero width or height ({size[0]}x{size[1]}); it holds no pixels to use"
+            ) from exc
+        raise ImageDecodeError(
+            f"{where} is not an image Pillow can read (unknown format or not image data); "
+            "pass a PNG, JPEG, GIF, BMP, TIFF or WebP file"
+        ) from exc
+    except OSError as exc:
+        if exc.filename is not None:  # the file system's error (permissions, vanished file), not the data's
+            raise ImageNotFoundError(f"{where} cannot be read: {exc.strerror or exc}") from exc
+        raise ImageDecodeError(f"{where} is corrupt or truncated ({exc}); re-export or re-download the file") from exc
+    except _DECODE_ERRORS as exc:
+        raise ImageDecodeError(
+            f"{where} is corrupt or truncated ({type(exc).__name__}: {exc}); re-export or re-download the file"
+        ) from exc
+
+
+def _head(stream: io.BytesIO | Path) -> bytes:
+    if isinstance(stream, io.BytesIO):
+        return stream.getvalue()[:_HEAD_BYTES]
+    try:
+        with stream.open("rb") as file:
+            return file.read(_HEAD_BYTES)
+    except OSError:
+        return b""
+
+
+def _declared_size(head: bytes) -> tuple[int, int] | None:
+    """Width and height from a PNG or BMP header, read by hand: Pillow refuses zero sizes as unidentified."""
+    try:
+        if head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR":
+            return struct.unpack(">II", head[16:24])
+        if head.startswith(b"BM"):
+            core = struct.unpack("<I", head[14:18])[0] == 12  # OS/2 1.x header: 16-bit sizes
+            width, height = struct.unpack("<HH" if core else "<ii", head[18:22] if core else head[18:26])
+            return abs(width), abs(height)
+    except struct.error:
+        return None
+    return None
+
+
 def _decoded_rgb(image: Image.Image, where: str, max_pixels: int, background: RGBColor | None) -> Image.Image:
     width, height = image.size  # from the header: nothing decoded yet
     if width * height > max_pixels:
         raise ImageTooLargeError(
             f"{where} is {width}x{height} = {width * height} pixels, more than max_pixels={max_pixels}; "
             "refused before decoding (a possible decompression bomb). Downscale it, or pass a larger "
-            "max_pixels if you trust the file"
+            "max_pixels if you trust the file",
+            pixels=width * height,
         )
-    try:
-        with _pillow_bomb_guard(where, max_pixels):
-            image.load()
-    except _DECODE_ERRORS as exc:
-        raise ImageDecodeError(
-            f"{where} is corrupt or truncated ({exc}); re-export or re-download the file"
-        ) from exc
+    if width == 0 or height == 0:
+        raise ImageDecodeError(f"{where}: the image has zero width or height ({width}x{height}); it holds no pixels")
+    with _decoder_errors(where), _pillow_bomb_guard(where, max_pixels):
+        image.load()
     try:
         return to_rgb(image, background=background)
     except ImageModeError as exc:

@@ -109,7 +109,7 @@ class RemoteFetcher:
                         if location is None:
                             raise MediaFetchError(f"{where}: {url} redirects without a Location header",
                                                   param=where)
-                        url = urljoin(url, location)
+                        url = _joined(url, location, where)
                         continue
                     if not 200 <= response.status < 300:
                         raise MediaFetchError(f"{where}: downloading {url} returned HTTP {response.status}",
@@ -119,9 +119,21 @@ class RemoteFetcher:
             f"{where}: more than {self.max_redirects} redirects (raise the limit with --max-redirects)", param=where)
 
 
+def _joined(url: str, location: str, where: str) -> str:
+    try:
+        return urljoin(url, location)
+    except ValueError as exc:
+        raise MediaFetchError(f"{where}: {url} redirects to a malformed URL {location[:200]!r} ({exc})",
+                              param=where) from exc
+
+
 def _check_url(url: str, where: str) -> None:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urlsplit(url)
+        hostname, _ = parts.hostname, parts.port  # both parse the host part, and raise on a malformed one
+    except ValueError as exc:
+        raise MediaFetchError(f"{where}: malformed URL {url[:100]!r} ({exc})", param=where) from exc
+    if parts.scheme not in ("http", "https") or not hostname:
         raise ForbiddenMediaError(f"{where}: only http(s) URLs with a host are fetched, got {url[:100]!r}",
                                   param=where)
 

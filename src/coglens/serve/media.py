@@ -8,6 +8,10 @@
 Bytes are sniffed before any decoder sees them: images must be PNG, JPEG, WebP, GIF (first frame) or BMP and
 videos MP4/MOV, Matroska/WebM or AVI, so neither Pillow's rarer decoders nor FFmpeg's playlist demuxers
 (which open further URLs) are reachable from a request.
+
+Pixels are bounded before decoding, from the headers: each image by ``--max-image-pixels``, each video frame by
+``--max-video-frame-pixels``, and all images plus all sampled video frames of one request by
+``--max-request-pixels`` (a :class:`MediaBudget` per request).
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from __future__ import annotations
 import base64
 import binascii
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from typing import TYPE_CHECKING
+from urllib.parse import SplitResult, unquote, urlsplit
 
 import anyio.to_thread
 import torch
@@ -25,6 +30,8 @@ from ..processing.image import load_image, preprocess_image
 from .errors import (
     ForbiddenMediaError,
     InvalidRequestError,
+    LimitExceededError,
+    ServeError,
     UnsupportedInputError,
     UnsupportedMediaTypeError,
     limit_error,
@@ -33,8 +40,38 @@ from .fetch import RemoteFetcher
 from .limits import ServeLimits, mib
 from .messages import MediaRef
 
+if TYPE_CHECKING:
+    from ..processing.video import VideoLimitError
+
 IMAGE_FORMATS = "PNG, JPEG, WebP, GIF or BMP"
 VIDEO_FORMATS = "MP4/MOV, WebM/MKV or AVI"
+
+
+class MediaBudget:
+    """The full-size pixels one request may still decode (``--max-request-pixels``), charged before decoding.
+
+    One per request, shared by its media calls in turn (they are awaited one after the other).
+    """
+
+    def __init__(self, limits: ServeLimits) -> None:
+        self.allowed = limits.max_request_pixels
+        self.used = 0
+
+    @property
+    def remaining(self) -> int:
+        return max(self.allowed - self.used, 0)
+
+    def refuse(self, where: str, pixels: int) -> LimitExceededError:
+        return limit_error(
+            f"{where}: {pixels} more pixels to decode (images, and sampled video frames at full size) after "
+            f"{self.used} already decoded for this request", "max_request_pixels", f"{self.allowed} pixels",
+            param=where)
+
+    def charge(self, where: str, pixels: int) -> None:
+        """Count ``pixels`` against the budget, or refuse them (nothing is counted then)."""
+        if pixels > self.remaining:
+            raise self.refuse(where, pixels)
+        self.used += pixels
 
 
 class MediaLoader:
@@ -47,24 +84,33 @@ class MediaLoader:
         self.allow_remote = allow_remote
         self.fetcher = fetcher or RemoteFetcher(timeout_s=limits.fetch_timeout_s, max_redirects=limits.max_redirects)
 
-    async def image(self, ref: MediaRef, image_size: int) -> torch.Tensor:
+    def budget(self) -> MediaBudget:
+        """A fresh pixel budget for one request: pass it to every :meth:`image` / :meth:`video` call of it."""
+        return MediaBudget(self.limits)
+
+    async def image(self, ref: MediaRef, image_size: int, *, budget: MediaBudget | None = None) -> torch.Tensor:
+        """(3, S, S) pixels of the image at ``ref``; its pixels are charged to ``budget`` (default: a fresh one)."""
         data = await self.read(ref)
         if _image_format(data) is None:
             raise UnsupportedMediaTypeError(f"{ref.where}: not an image in a supported format ({IMAGE_FORMATS})",
                                             param=ref.where)
-        return await anyio.to_thread.run_sync(self._decode_image, data, ref.where, image_size)
+        return await anyio.to_thread.run_sync(self._decode_image, data, ref.where, image_size,
+                                              budget or self.budget())
 
-    async def video(self, ref: MediaRef, image_size: int) -> torch.Tensor:
+    async def video(self, ref: MediaRef, image_size: int, *, budget: MediaBudget | None = None) -> torch.Tensor:
+        """(T, 3, S, S) frames of the video at ``ref``; its sampled frames' full-size pixels are charged to
+        ``budget`` (default: a fresh one)."""
         data = await self.read(ref)
         if _video_format(data) is None:
             raise UnsupportedMediaTypeError(f"{ref.where}: not a video in a supported container ({VIDEO_FORMATS})",
                                             param=ref.where)
-        return await anyio.to_thread.run_sync(self._decode_video, data, ref.where, image_size)
+        return await anyio.to_thread.run_sync(self._decode_video, data, ref.where, image_size,
+                                              budget or self.budget())
 
     async def read(self, ref: MediaRef) -> bytes:
         """The raw bytes behind ``ref.url``, whatever its scheme, or a 4xx :class:`ServeError`."""
         url = ref.url.strip()
-        scheme = urlsplit(url).scheme.lower() if "://" in url or url[:5].lower() == "data:" else ""
+        scheme = _split(url, ref).scheme.lower() if "://" in url or url[:5].lower() == "data:" else ""
         if scheme == "data":
             return _data_url_bytes(url, ref)
         if scheme in ("http", "https"):
@@ -86,49 +132,79 @@ class MediaLoader:
                 f"{ref.where}: local file paths are disabled on this server; send the {ref.kind} as a data: URL, "
                 "or start the server with --allow-local-media DIR", param=ref.where)
         path = Path(_file_url_path(url, ref) if url.lower().startswith("file:") else url)
-        resolved = (path if path.is_absolute() else self.local_root / path).resolve()
-        if not resolved.is_relative_to(self.local_root):
+        if "\0" in str(path):  # the OS cannot take it: Path.resolve and open raise ValueError
+            raise InvalidRequestError(f"{ref.where}: the {ref.kind} path {url!r} contains a NUL character, which no "
+                                      "file name can hold", param=ref.where)
+        try:
+            resolved = (path if path.is_absolute() else self.local_root / path).resolve()
+            inside, is_file = resolved.is_relative_to(self.local_root), resolved.is_file()
+        except (OSError, RuntimeError, ValueError) as exc:  # a symlink loop, a name too long, unencodable text
+            raise InvalidRequestError(f"{ref.where}: cannot use the {ref.kind} path {url[:200]!r} "
+                                      f"({type(exc).__name__}: {getattr(exc, 'strerror', None) or exc})",
+                                      param=ref.where) from exc
+        if not inside:
             raise ForbiddenMediaError(
                 f"{ref.where}: {url!r} is outside the folder this server may read media from "
                 "(--allow-local-media); symlinks and '..' are followed before this check", param=ref.where)
-        if not resolved.is_file():
+        if not is_file:
             raise InvalidRequestError(f"{ref.where}: no such file {url!r} in the media folder", param=ref.where)
         limit_name = "max_image_bytes" if ref.kind == "image" else "max_video_bytes"
         max_bytes = getattr(self.limits, limit_name)
-        with resolved.open("rb") as f:
-            data = f.read(max_bytes + 1)
+        try:
+            with resolved.open("rb") as f:
+                data = f.read(max_bytes + 1)
+        except OSError as exc:  # unreadable (permissions), or gone since the check
+            raise InvalidRequestError(f"{ref.where}: cannot read {url!r} ({exc.strerror or exc})",
+                                      param=ref.where) from exc
         if len(data) > max_bytes:
             raise limit_error(f"{ref.where}: {url!r} is more than {max_bytes} bytes", limit_name, mib(max_bytes),
                               param=ref.where)
         return data
 
-    def _decode_image(self, data: bytes, where: str, image_size: int) -> torch.Tensor:
+    def _decode_image(self, data: bytes, where: str, image_size: int, budget: MediaBudget) -> torch.Tensor:
+        # The header's width x height is checked against both limits before any pixel is decoded.
         try:
-            image = load_image(data, max_pixels=self.limits.max_image_pixels)
-        except ImageTooLargeError:
+            image = load_image(data, max_pixels=min(self.limits.max_image_pixels, budget.remaining))
+        except ImageTooLargeError as exc:
+            if exc.pixels is not None and exc.pixels <= self.limits.max_image_pixels:
+                raise budget.refuse(where, exc.pixels) from None
             raise limit_error(f"{where}: the image has more pixels than allowed", "max_image_pixels",
                               f"{self.limits.max_image_pixels} pixels", param=where) from None
         except ImageInputError as exc:
             raise InvalidRequestError(f"{where}: {exc}", param=where) from exc
+        budget.charge(where, image.width * image.height)
         return preprocess_image(image, image_size)
 
-    def _decode_video(self, data: bytes, where: str, image_size: int) -> torch.Tensor:
+    def _decode_video(self, data: bytes, where: str, image_size: int, budget: MediaBudget) -> torch.Tensor:
         from ..processing.video import VideoInputError, VideoLimitError, load_video
 
         try:
             clip = load_video(data, image_size=image_size, max_bytes=self.limits.max_video_bytes,
-                              max_duration_s=self.limits.max_video_seconds)
+                              max_duration_s=self.limits.max_video_seconds,
+                              max_frame_pixels=self.limits.max_video_frame_pixels,
+                              max_sampled_pixels=budget.remaining)
         except VideoLimitError as exc:
-            if exc.limit == "max_bytes":
-                raise limit_error(f"{where}: the video is {exc.value:g} bytes", "max_video_bytes",
-                                  mib(self.limits.max_video_bytes), param=where) from None
-            if exc.limit == "max_duration_s":
-                raise limit_error(f"{where}: the video is longer than {self.limits.max_video_seconds:g} s",
-                                  "max_video_seconds", f"{self.limits.max_video_seconds:g} s", param=where) from None
-            raise InvalidRequestError(f"{where}: {exc}", param=where) from exc
+            raise self._video_limit_error(exc, where, budget) from None
         except VideoInputError as exc:
             raise InvalidRequestError(f"{where}: {exc}", param=where) from exc
+        budget.charge(where, clip.decoded_pixels)
         return clip.frames
+
+    def _video_limit_error(self, exc: VideoLimitError, where: str, budget: MediaBudget) -> ServeError:
+        """The server's own limit (and flag) behind a limit of load_video."""
+        limits = self.limits
+        if exc.limit == "max_bytes":
+            return limit_error(f"{where}: the video is {exc.value:g} bytes", "max_video_bytes",
+                               mib(limits.max_video_bytes), param=where)
+        if exc.limit == "max_duration_s":
+            return limit_error(f"{where}: the video is longer than {limits.max_video_seconds:g} s",
+                               "max_video_seconds", f"{limits.max_video_seconds:g} s", param=where)
+        if exc.limit == "max_frame_pixels":
+            return limit_error(f"{where}: the video's frames are {int(exc.value)} pixels each",
+                               "max_video_frame_pixels", f"{limits.max_video_frame_pixels} pixels", param=where)
+        if exc.limit == "max_sampled_pixels":
+            return budget.refuse(where, int(exc.value))
+        return InvalidRequestError(f"{where}: {exc}", param=where)
 
 
 def _data_url_bytes(url: str, ref: MediaRef) -> bytes:
@@ -150,8 +226,15 @@ def _data_url_bytes(url: str, ref: MediaRef) -> bytes:
         raise InvalidRequestError(f"{ref.where}: the data: URL is not valid base64 ({exc})", param=ref.where) from exc
 
 
+def _split(url: str, ref: MediaRef) -> SplitResult:
+    try:
+        return urlsplit(url)
+    except ValueError as exc:  # e.g. an unclosed '[' of an IPv6 host
+        raise InvalidRequestError(f"{ref.where}: malformed URL {url[:200]!r} ({exc})", param=ref.where) from exc
+
+
 def _file_url_path(url: str, ref: MediaRef) -> str:
-    parts = urlsplit(url)
+    parts = _split(url, ref)
     if parts.netloc not in ("", "localhost"):
         raise ForbiddenMediaError(f"{ref.where}: file:// URLs must name a local path, got host {parts.netloc!r}",
                                   param=ref.where)

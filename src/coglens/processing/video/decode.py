@@ -5,19 +5,23 @@ decord: one frame per packet of the best video stream, sorted by presentation ti
 start time `(pts - stream.start_time) * time_base` computed in decord's float arithmetic. The frame
 indices the model saw are defined over that list, so `decode_video` rebuilds it from a demux pass
 (no decoding), and `DecodedVideo.read_frames` decodes only up to the frames asked for.
+
+Hostile files are bounded before any pixel is decoded: the frame size is read from the stream header and
+refused over `max_frame_pixels`, and FFmpeg's own decoders (including the probing at open) get a pixel cap,
+so a stream whose frames are larger than its header says fails instead of allocating them.
 """
 
 from __future__ import annotations
 
 import io
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
@@ -33,6 +37,9 @@ VideoSource = str | os.PathLike | bytes
 DEFAULT_MAX_BYTES = 1 << 30  # 1 GiB
 DEFAULT_MAX_DURATION_S = 3600.0
 DEFAULT_MAX_FRAMES = 216_000  # one hour at 60 fps
+DEFAULT_MAX_FRAME_PIXELS = 3840 * 2160  # 4K UHD, checked from the stream header before decoding
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -67,6 +74,7 @@ class DecodedVideo:
     keyframe_indices: np.ndarray  # sorted frame indices a decoder can start from
     stream_index: int
     source: str | bytes = field(repr=False)
+    max_frame_pixels: int = DEFAULT_MAX_FRAME_PIXELS
 
     @property
     def start_times(self) -> np.ndarray:
@@ -84,6 +92,24 @@ class DecodedVideo:
         Only the requested frames are kept in memory. With `seek`, the decoder jumps to the keyframe
         before a requested frame when that skips work; without it, one pass from the start is made.
         """
+        frames = self.decode_frames(indices, _rgb24, seek=seek)
+        if len({frame.shape for frame in frames}) > 1:
+            raise VideoInputError(
+                f"{self.info.name}: the frame size changes inside the video "
+                f"({', '.join(sorted({f'{f.shape[1]}x{f.shape[0]}' for f in frames}))}), so the frames cannot be "
+                "stacked; use load_video (which resizes each frame) or re-encode the video"
+            )
+        return np.stack(frames)
+
+    def decode_frames(
+        self, indices: Sequence[int], convert: Callable[[av.video.frame.VideoFrame], T], *, seek: bool = True
+    ) -> list[T]:
+        """`convert(frame)` of the frame at each of `indices` (repeats share one result), decoding each once.
+
+        `convert` runs as each wanted frame is decoded, so only its results are kept: a caller that
+        resizes there never holds a full-size copy of more than one frame. Frames over
+        `max_frame_pixels` raise `VideoLimitError` before `convert` sees them.
+        """
         wanted = sorted({int(i) for i in indices})
         if not wanted:
             raise VideoInputError(f"{self.info.name}: no frame indices given to read_frames")
@@ -92,11 +118,19 @@ class DecodedVideo:
                 f"{self.info.name}: frame indices must lie in [0, {self.info.num_frames}), got {wanted[0]}"
                 f"..{wanted[-1]}"
             )
-        with _open_container(self.source, self.info.name) as container:
+        with _open_container(self.source, self.info.name, self.max_frame_pixels) as container:
             stream = container.streams[self.stream_index]
             stream.thread_type = "AUTO"  # frame threading: same pixels, several cores
-            found = _collect_frames(container, stream, self, wanted, seek=seek)
-        return np.stack([found[int(i)] for i in indices])
+            stream.codec_context.options = _decoder_options(self.max_frame_pixels)
+            found = _collect_frames(container, stream, self, wanted, self._checked(convert), seek=seek)
+        return [found[int(i)] for i in indices]
+
+    def _checked(self, convert: Callable[[av.video.frame.VideoFrame], T]) -> Callable[[av.video.frame.VideoFrame], T]:
+        def checked(frame: av.video.frame.VideoFrame) -> T:
+            _check_frame_size(self.info.name, frame.width, frame.height, self.max_frame_pixels)
+            return convert(frame)
+
+        return checked
 
 
 def decode_video(
@@ -105,21 +139,21 @@ def decode_video(
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_duration_s: float = DEFAULT_MAX_DURATION_S,
     max_frames: int = DEFAULT_MAX_FRAMES,
+    max_frame_pixels: int = DEFAULT_MAX_FRAME_PIXELS,
 ) -> DecodedVideo:
     """Index a video file (path) or in-memory video (bytes) without decoding its pixels.
 
-    Raises `VideoInputError` for a missing, empty, unreadable or audio-only input and for a video
-    stream without frames, and `VideoLimitError` when the input is over `max_bytes`,
-    `max_duration_s` or `max_frames` (each can be raised by passing a larger value).
+    Raises `VideoInputError` for a missing, empty, unreadable or audio-only input, a video stream
+    without frames, without a decoder or without a frame size, and `VideoLimitError` when the input
+    is over `max_bytes`, `max_duration_s`, `max_frames` or `max_frame_pixels` (width x height, from
+    the stream header; each can be raised by passing a larger value).
     """
     name, source = _checked_source(src, max_bytes)
-    with _open_container(source, name) as container:
-        stream = container.streams.best("video")
-        if stream is None:
-            found = ", ".join(sorted({s.type for s in container.streams})) or "none"
-            raise VideoInputError(f"{name}: no video stream in this file (streams found: {found})")
+    with _open_container(source, name, max_frame_pixels) as container:
+        stream = _video_stream(container, name)
+        _check_frame_size(name, stream.codec_context.width, stream.codec_context.height, max_frame_pixels)
         time_base = stream.time_base or Fraction(1, 1)
-        pts, durations, keyframe_pts = _scan_packets(container, stream, name, max_duration_s, max_frames)
+        pts, durations, keyframe_pts = _scan_packets(container, stream, time_base, name, max_duration_s, max_frames)
         stream_start = stream.start_time if stream.start_time is not None else int(pts.min())
         order = np.argsort(pts, kind="stable")
         pts, durations = pts[order], durations[order]
@@ -142,6 +176,7 @@ def decode_video(
             keyframe_indices=np.unique(np.searchsorted(pts, keyframe_pts)),
             stream_index=stream.index,
             source=source,
+            max_frame_pixels=max_frame_pixels,
         )
 
 
@@ -173,11 +208,57 @@ def _checked_source(src: VideoSource, max_bytes: int) -> tuple[str, str | bytes]
     return name, source
 
 
+def _decoder_options(max_frame_pixels: int) -> dict[str, str]:
+    """FFmpeg's own cap on the pixels of a decoded frame: it refuses to allocate bigger ones.
+
+    FFmpeg counts widths rounded up to the row alignment (up to 64 pixels), so the cap is twice the
+    limit; the exact limit is checked on each decoded frame.
+    """
+    return {"max_pixels": str(2 * max_frame_pixels)}
+
+
+def _check_frame_size(name: str, width: int, height: int, max_frame_pixels: int) -> None:
+    if width <= 0 or height <= 0:
+        raise VideoInputError(
+            f"{name}: the video stream declares no frame size ({width}x{height}); re-encode it "
+            "(e.g. ffmpeg -i in -c:v libx264 out.mp4)"
+        )
+    if width * height > max_frame_pixels:
+        raise VideoLimitError(
+            name, "max_frame_pixels", width * height, max_frame_pixels, "pixels", detail=f"{width}x{height} frames"
+        )
+
+
+def _video_stream(container: av.container.InputContainer, name: str) -> av.video.stream.VideoStream:
+    stream = container.streams.best("video")
+    if stream is None:
+        found = ", ".join(sorted({s.type for s in container.streams})) or "none"
+        raise VideoInputError(f"{name}: no video stream in this file (streams found: {found})")
+    if stream.codec_context is None:
+        raise VideoInputError(
+            f"{name}: FFmpeg has no decoder for this video's codec; re-encode it (e.g. to H.264 in mp4)"
+        )
+    return stream
+
+
+def _rgb24(frame: av.video.frame.VideoFrame) -> np.ndarray:
+    return frame.to_ndarray(format="rgb24")
+
+
 @contextmanager
-def _open_container(source: str | bytes, name: str) -> Iterator[av.container.InputContainer]:
+def _open_container(
+    source: str | bytes, name: str, max_frame_pixels: int
+) -> Iterator[av.container.InputContainer]:
     av = _import_av()
     try:
-        container = av.open(io.BytesIO(source) if isinstance(source, bytes) else source, mode="r")
+        # The decoder options also bind the decoders FFmpeg runs while probing the streams at open;
+        # undecodable metadata text is replaced rather than failing the open.
+        container = av.open(
+            io.BytesIO(source) if isinstance(source, bytes) else source,
+            mode="r",
+            options=_decoder_options(max_frame_pixels),
+            metadata_errors="replace",
+        )
     except av.FFmpegError as exc:
         raise VideoInputError(
             f"{name}: not a readable video ({exc}); is it complete, and in a format FFmpeg reads "
@@ -196,6 +277,7 @@ def _open_container(source: str | bytes, name: str) -> Iterator[av.container.Inp
 def _scan_packets(
     container: av.container.InputContainer,
     stream: av.video.stream.VideoStream,
+    time_base: Fraction,
     name: str,
     max_duration_s: float,
     max_frames: int,
@@ -217,7 +299,7 @@ def _scan_packets(
         if len(pts) == max_frames:
             raise VideoLimitError(name, "max_frames", len(pts) + 1, max_frames, "frames")
         first_pts = packet_pts if first_pts is None else first_pts
-        seconds = float((packet_pts - first_pts) * stream.time_base)
+        seconds = float((packet_pts - first_pts) * time_base)
         if seconds > max_duration_s:
             raise VideoLimitError(name, "max_duration_s", seconds, max_duration_s, "s")
         pts.append(packet_pts)
@@ -266,12 +348,13 @@ def _collect_frames(
     stream: av.video.stream.VideoStream,
     video: DecodedVideo,
     wanted: list[int],
+    convert: Callable[[av.video.frame.VideoFrame], T],
     *,
     seek: bool,
-) -> dict[int, np.ndarray]:
+) -> dict[int, T]:
     """Decode forward (seeking to keyframes when that skips work) and keep only the wanted frames."""
     wanted_set = set(wanted)
-    found: dict[int, np.ndarray] = {}
+    found: dict[int, T] = {}
     frames = _decode_from(container, stream, None)
     next_index = 0
     for target in wanted:
@@ -281,11 +364,11 @@ def _collect_frames(
         seeked = seek and keyframe > next_index
         if seeked:
             frames = _decode_from(container, stream, int(video.pts[keyframe]))
-        next_index = _decode_until(frames, video.pts, target, next_index, wanted_set, found)
+        next_index = _decode_until(frames, video.pts, target, next_index, wanted_set, found, convert)
         if target not in found and seeked:
             # The seek landed past the target (unreliable keyframe flags): decode from the start.
             frames = _decode_from(container, stream, int(video.pts[0]))
-            next_index = _decode_until(frames, video.pts, target, 0, wanted_set, found)
+            next_index = _decode_until(frames, video.pts, target, 0, wanted_set, found, convert)
         if target not in found:
             raise VideoInputError(
                 f"{video.info.name}: frame {target} of {video.info.num_frames} could not be decoded; "
@@ -314,14 +397,15 @@ def _decode_until(
     target: int,
     next_index: int,
     wanted: set[int],
-    found: dict[int, np.ndarray],
+    found: dict[int, T],
+    convert: Callable[[av.video.frame.VideoFrame], T],
 ) -> int:
     """Pull frames until frame `target` has gone by; store the wanted ones. Returns the next index."""
     for frame in frames:
         index = int(np.searchsorted(sorted_pts, frame.pts)) if frame.pts is not None else next_index
         next_index = index + 1
         if index in wanted and index not in found:
-            found[index] = frame.to_ndarray(format="rgb24")
+            found[index] = convert(frame)
         if index >= target:
             break
     return next_index

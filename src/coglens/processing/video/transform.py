@@ -66,8 +66,16 @@ def frames_from_images(images: Sequence[Image.Image | str | os.PathLike], image_
     """
     if not images:
         raise VideoInputError("frames_from_images needs at least one image")
-    clips = [frames_to_clip(_rgb_array(image)[None]) for image in images]
-    return torch.cat([transform_clip(clip, image_size) for clip in clips])
+    return torch.stack([transform_frame(_rgb_array(image), image_size) for image in images])
+
+
+def transform_frame(frame: np.ndarray, image_size: int) -> torch.Tensor:
+    """One (H, W, 3) uint8 RGB frame -> its (3, S, S) float32 row of `transform_clip`'s output.
+
+    Every frame is resized on its own in `transform_clip` too, so this equals transforming the whole
+    clip, while holding one frame at full size in float32 instead of all of them.
+    """
+    return transform_clip(frames_to_clip(frame[None]), image_size)[0]
 
 
 def _rgb_array(image: Image.Image | str | os.PathLike) -> np.ndarray:
