@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -102,4 +103,60 @@ def test_timeouts_end_only_the_late_request(pipeline):
         return await _collect(scheduler.submit([_request(pipeline, "short", 3, "short")], protocol="test"))
 
     assert len(_run(scheduler, main())) == 3
+    assert scheduler.in_flight() == 0
+
+
+def _slow(pipeline: Pipeline, seconds: float = 0.005) -> None:
+    """Give each engine step a floor, so the long request is surely still running while the test acts."""
+    step = pipeline.engine.step
+
+    def slow_step():
+        time.sleep(seconds)
+        return step()
+
+    pipeline.engine.step = slow_step
+
+
+@pytest.fixture()
+def one_row() -> Pipeline:
+    """A batch of one: one request runs, the others wait in the scheduler's queue."""
+    return Pipeline.load("tiny:cogvlm2", device="cpu", max_batch_size=1)
+
+
+def test_aborting_queued_requests_behind_the_head_drops_only_them(one_row):
+    _slow(one_row)
+    scheduler = Scheduler(one_row.engine, max_queue=8, request_timeout_s=30)
+
+    async def main():
+        running = scheduler.submit([_request(one_row, "long", 40, "long")], protocol="test")
+        queued = [scheduler.submit([_request(one_row, "short", 3, f"q{i}")], protocol="test") for i in range(3)]
+        queued[1].cancel()  # a client of a request that is not at the head of the queue goes away
+        queued[2].cancel()
+        assert scheduler.in_flight() == 2  # "long" and q0: the cancelled ones are gone at once
+        return await asyncio.gather(_collect(running), _collect(queued[0]))
+
+    long, first = _run(scheduler, main())
+    assert (len(long), len(first)) == (40, 3)
+    assert one_row.engine.stats.prefill_sequences == 2  # q1 and q2 never ran
+    assert scheduler.in_flight() == 0 and scheduler.queued() == 0
+
+
+def test_timeouts_of_queued_requests_behind_the_head_end_only_them(one_row):
+    _slow(one_row, 0.01)
+    scheduler = Scheduler(one_row.engine, max_queue=8, request_timeout_s=30)
+
+    async def main():
+        running = scheduler.submit([_request(one_row, "long", 30, "long")], protocol="test")
+        head = scheduler.submit([_request(one_row, "short", 3, "q0")], protocol="test")
+        scheduler.request_timeout_s = 0.05  # only the two behind the head expire while "long" runs
+        late = [scheduler.submit([_request(one_row, "short", 3, f"q{i}")], protocol="test") for i in (1, 2)]
+        scheduler.request_timeout_s = 30
+        for group in late:
+            with pytest.raises(RequestTimeoutError, match="--request-timeout"):
+                await _collect(group)
+        return await asyncio.gather(_collect(running), _collect(head))
+
+    long, first = _run(scheduler, main())
+    assert (len(long), len(first)) == (30, 3)
+    assert one_row.engine.stats.prefill_sequences == 2
     assert scheduler.in_flight() == 0

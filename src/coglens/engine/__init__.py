@@ -12,12 +12,12 @@ from .errors import (
     RequestTimeoutError,
 )
 from .params import GenerationRequest, GenerationResult, SamplingParams, TokenEvent
-from .sampling import sample_next
+from .sampling import Draw, sample_next
 from .scheduler import RequestGroup, Scheduler, SchedulerMetrics
 
 __all__ = [
-    "ContextLengthExceededError", "Engine", "EngineError", "EngineFailureError", "EngineInputError", "EngineStats",
-    "GenerationRequest", "GenerationResult", "QueueFullError", "RequestAbortedError", "RequestGroup",
+    "ContextLengthExceededError", "Draw", "Engine", "EngineError", "EngineFailureError", "EngineInputError",
+    "EngineStats", "GenerationRequest", "GenerationResult", "QueueFullError", "RequestAbortedError", "RequestGroup",
     "RequestTimeoutError", "SamplingParams", "Scheduler", "SchedulerMetrics", "TokenEvent", "fit_new_tokens",
     "sample_next",
 ]

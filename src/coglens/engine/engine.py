@@ -16,15 +16,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from transformers.generation.logits_process import WatermarkLogitsProcessor
 
 from ..modeling.modeling_cogvlm import execution_device
-from ..modeling.routing import build_position_ids
+from ..modeling.routing import LANGUAGE_TOKEN_TYPE, VISION_TOKEN_TYPE, build_position_ids
 from ..processing.padding import left_padded_batch, pad_left
 from .cache import BatchKVCache
 from .context import fit_new_tokens
 from .errors import EngineInputError
-from .params import GenerationRequest, GenerationResult, TokenEvent
-from .sampling import sample_next
+from .params import GenerationRequest, GenerationResult, SamplingParams, TokenEvent
+from .sampling import Draw, sample_next, watermark_processor
+
+PromptLogprobs = list[float | None]
 
 
 @dataclass(eq=False)  # identity, not tensor comparison, for `in` and `remove`
@@ -61,6 +64,8 @@ class Engine:
         self.device = execution_device(model.get_input_embeddings())
         self.max_positions = int(model.config.max_position_embeddings)
         self.eos_ids = _eos_ids(model, tokenizer)
+        self.vocab_size = int(model.config.vocab_size)
+        self._watermark: WatermarkLogitsProcessor | None = None  # built for the first request that asks for it
         self.pad_id = 0
         self.stats = EngineStats()
         self._lock = threading.Lock()
@@ -77,7 +82,7 @@ class Engine:
 
     def add(self, request: GenerationRequest) -> None:
         """Queue a request; it is prefilled at the next step with room in the batch."""
-        self._check_fits(request)
+        self._check_request(request)
         self._enqueue(request)
 
     def abort(self, request_id: str) -> None:
@@ -111,7 +116,7 @@ class Engine:
         a signal handler: it takes no engine lock) aborts the request before the next step; the stream then ends
         with an "abort" event. Closing the stream early aborts the request too.
         """
-        self._check_fits(request)
+        self._check_request(request)
         return self._drive(request, stop)
 
     def generate(self, requests: Iterable[GenerationRequest]) -> list[GenerationResult]:
@@ -147,8 +152,45 @@ class Engine:
 
     # --- internals ------------------------------------------------------------------------------------
 
-    def _check_fits(self, request: GenerationRequest) -> None:
+    def _check_request(self, request: GenerationRequest) -> None:
+        """Refuse, at add time, what would otherwise fail inside a batched step and take the batch down."""
         fit_new_tokens(request.token_type_ids, self.max_positions, request.params.max_new_tokens)
+        self._check_ids(request)
+        self._check_images(request)
+
+    def _check_ids(self, request: GenerationRequest) -> None:
+        ids, types = request.input_ids, request.token_type_ids
+        if not bool(((types == LANGUAGE_TOKEN_TYPE) | (types == VISION_TOKEN_TYPE)).all()):
+            raise EngineInputError("token_type_ids may only hold 0 (language) and 1 (vision placeholder)")
+        words = ids[types == LANGUAGE_TOKEN_TYPE]
+        outside = words[(words < 0) | (words >= self.vocab_size)]
+        if outside.numel():
+            raise EngineInputError(f"input_ids holds token id {int(outside[0])}, outside this model's vocabulary "
+                                   f"[0, {self.vocab_size})")
+        stops = [t for t in request.params.stop_token_ids if t >= self.vocab_size]
+        if stops:
+            raise EngineInputError(f"stop_token_ids {stops} are outside this model's vocabulary [0, "
+                                   f"{self.vocab_size})")
+
+    def _check_images(self, request: GenerationRequest) -> None:
+        """Images of the model's size, as many frames as the prompt's vision spans hold."""
+        config = self.model.config
+        size = config.vision_config.image_size
+        frames = 0
+        for image in request.images:
+            tensor = isinstance(image, torch.Tensor)
+            if not (tensor and image.dim() in (3, 4) and tuple(image.shape[-3:]) == (3, size, size)):
+                shape = tuple(image.shape) if tensor else type(image).__name__
+                raise EngineInputError(f"image of shape {shape}: this model takes (3, {size}, {size}) images or "
+                                       f"(T, 3, {size}, {size}) clips; preprocess them with the model's processor")
+            frames += image.shape[0] if image.dim() == 4 else 1
+        slots = int((request.token_type_ids == VISION_TOKEN_TYPE).sum())
+        if slots != frames * config.num_image_tokens:
+            raise EngineInputError(
+                f"the prompt has {slots} vision positions but its {frames} image(s)/frame(s) fill "
+                f"{frames * config.num_image_tokens} ({config.num_image_tokens} each); build the prompt with the "
+                "model's processor so that every image gets one span"
+            )
 
     def _enqueue(self, request: GenerationRequest) -> None:
         seq = _Sequence(request, generator=self._generator(request.params.seed))
@@ -199,12 +241,15 @@ class Engine:
         ids, types, mask = ids.to(self.device), types.to(self.device), mask.to(self.device)
         positions = build_position_ids(types, mask)
         cache = BatchKVCache()
+        every_position = any(s.request.params.prompt_logprobs for s in seqs)  # only then: logits are big
         out = self.model(input_ids=ids, images=[list(s.request.images) for s in seqs], token_type_ids=types,
                          attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True,
-                         logits_to_keep=1)
+                         logits_to_keep=0 if every_position else 1)
         self.stats.prefill_batches += 1
         self.stats.prefill_sequences += len(seqs)
-        new_tokens, events = self._sample(seqs, out.logits[:, -1])
+        prompt_logprobs = [_prompt_logprobs(out.logits[row], s.request) if s.request.params.prompt_logprobs
+                           else None for row, s in enumerate(seqs)]
+        new_tokens, events = self._sample(seqs, out.logits[:, -1], prompt_logprobs)
         total = max(self._mask.shape[1], width)
         self._cache.extend(cache)
         self._mask = torch.cat((pad_left(self._mask, total), pad_left(mask, total)))
@@ -225,21 +270,31 @@ class Engine:
         self._last, events = self._sample(self._running, out.logits[:, -1])
         return events
 
-    def _sample(self, seqs: list[_Sequence], logits: torch.Tensor) -> tuple[torch.Tensor, list[TokenEvent]]:
+    def _sample(self, seqs: list[_Sequence], logits: torch.Tensor,
+                prompt_logprobs: list[PromptLogprobs | None] | None = None) -> tuple[torch.Tensor, list[TokenEvent]]:
         tokens, events = [], []
         for row, seq in enumerate(seqs):
             if seq.finish_reason is not None:  # finished rows still ride along until retired
                 tokens.append(self.pad_id)
                 continue
-            token, logprob = sample_next(logits[row], seq.request.params, seq.request.input_ids,
-                                         seq.generated, seq.generator)
-            tokens.append(token)
-            events.append(self._advance(seq, token, logprob))
+            params = seq.request.params
+            draw = sample_next(logits[row], params, seq.request.input_ids, seq.generated, seq.generator,
+                               self._watermark_for(params))
+            tokens.append(draw.token)
+            events.append(self._advance(seq, draw, prompt_logprobs[row] if prompt_logprobs else None))
         self.stats.generated_tokens += len(events)
         return torch.tensor(tokens, dtype=torch.long, device=self.device), events
 
-    def _advance(self, seq: _Sequence, token: int, logprob: float) -> TokenEvent:
+    def _watermark_for(self, params: SamplingParams) -> WatermarkLogitsProcessor | None:
+        if not params.watermark:
+            return None
+        if self._watermark is None:
+            self._watermark = watermark_processor(self.vocab_size, self.device)
+        return self._watermark
+
+    def _advance(self, seq: _Sequence, draw: Draw, prompt_logprobs: PromptLogprobs | None) -> TokenEvent:
         params = seq.request.params
+        token, logprob = draw.token, draw.logprob
         seq.generated.append(token)
         seq.logprobs.append(logprob)
         is_eos = (token in self.eos_ids and not params.ignore_eos) or token in params.stop_token_ids
@@ -257,7 +312,7 @@ class Engine:
         delta = visible[len(seq.text):]
         seq.text += delta
         event = TokenEvent(seq.request.request_id, token, delta, logprob, len(seq.generated) - 1,
-                           seq.finish_reason, int(seq.request.input_ids.numel()))
+                           seq.finish_reason, int(seq.request.input_ids.numel()), draw.top, prompt_logprobs)
         seq.events.append(event)
         return event
 
@@ -312,17 +367,37 @@ class Engine:
         self._mask = self._mask[:, first_used:]
 
 
+def _prompt_logprobs(logits: torch.Tensor, request: GenerationRequest) -> PromptLogprobs:
+    """log p(prompt token i | tokens before it) from one row's prefill logits (left padding comes first);
+    None for the first token and for vision placeholders, which the model never predicts."""
+    n = request.input_ids.numel()
+    vision = request.token_type_ids[1:] != LANGUAGE_TOKEN_TYPE
+    targets = request.input_ids[1:].masked_fill(vision, 0).to(logits.device)  # placeholders may be any id
+    picked = torch.log_softmax(logits[-n:-1].float(), -1).gather(-1, targets[:, None])[:, 0]
+    return [None, *(None if v else p for p, v in zip(picked.tolist(), vision.tolist(), strict=True))]
+
+
 def _visible_text(text: str, stops: list[str]) -> tuple[str, bool]:
     """Text safe to show now: cut at a stop string, and hold back a suffix that may start one."""
     if stops and any(s in text for s in stops):
         return _cut_at_stop(text, stops), True
     end = len(text)
     for stop in stops:
-        for k in range(min(len(stop) - 1, end), 0, -1):
-            if text[:end].endswith(stop[:k]):
-                end -= k
-                break
+        end -= _stop_prefix_at_end(text, end, stop)
     return text[:end], False
+
+
+def _stop_prefix_at_end(text: str, end: int, stop: str) -> int:
+    """Length of the longest proper prefix of ``stop`` that ``text[:end]`` ends with (0: none).
+
+    Only the places where ``stop``'s first character occurs are tried, longest first, without copying the text.
+    """
+    at = text.find(stop[0], max(0, end - len(stop) + 1), end)
+    while at != -1:
+        if stop.startswith(text[at:end]):
+            return end - at
+        at = text.find(stop[0], at + 1, end)
+    return 0
 
 
 def _cut_at_stop(text: str, stops: list[str]) -> str:

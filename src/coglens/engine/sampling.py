@@ -2,9 +2,30 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
+from transformers.generation.logits_process import TypicalLogitsWarper, WatermarkLogitsProcessor
 
 from .params import SamplingParams
+
+_FLOAT32 = torch.finfo(torch.float32)
+
+
+class Draw(NamedTuple):
+    """The chosen token, its log-probability, and the ``top_logprobs`` likeliest (id, log-probability) pairs,
+    all under the distribution the token was drawn from."""
+
+    token: int
+    logprob: float
+    top: list[tuple[int, float]]
+
+
+def watermark_processor(vocab_size: int, device: torch.device | str) -> WatermarkLogitsProcessor:
+    """TGI's watermark (Kirchenbauer et al.): a green half of the vocabulary, seeded by the previous token with
+    TGI's hash key, gets +2 on its logits. Built once per engine: it draws a million-entry table."""
+    return WatermarkLogitsProcessor(vocab_size, device, greenlist_ratio=0.5, bias=2.0, hashing_key=15485863,
+                                    seeding_scheme="lefthash", context_width=1)
 
 
 def apply_penalties(logits: torch.Tensor, params: SamplingParams, prompt_ids: torch.Tensor,
@@ -15,8 +36,9 @@ def apply_penalties(logits: torch.Tensor, params: SamplingParams, prompt_ids: to
         seen = torch.cat([prompt_ids.to(logits.device), torch.tensor(generated, dtype=torch.long,
                                                                      device=logits.device)]).unique()
         scores = logits[seen]
-        logits[seen] = torch.where(scores < 0, scores * params.repetition_penalty,
-                                   scores / params.repetition_penalty)
+        penalised = torch.where(scores < 0, scores * params.repetition_penalty, scores / params.repetition_penalty)
+        # a huge (or tiny) penalty overflows to +-inf; finite logits keep the distribution defined (no inf - inf)
+        logits[seen] = penalised.clamp(_FLOAT32.min, _FLOAT32.max)
     if generated and (params.presence_penalty or params.frequency_penalty):
         ids, counts = torch.tensor(generated, device=logits.device).unique(return_counts=True)
         logits[ids] -= params.presence_penalty + params.frequency_penalty * counts.to(logits.dtype)
@@ -35,14 +57,37 @@ def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.
     return logits
 
 
+def filter_typical(logits: torch.Tensor, typical_p: float) -> torch.Tensor:
+    """Locally typical sampling, by transformers' own warper (1-D logits)."""
+    if typical_p >= 1.0:
+        return logits
+    return TypicalLogitsWarper(mass=typical_p)(None, logits[None])[0]
+
+
 def sample_next(logits: torch.Tensor, params: SamplingParams, prompt_ids: torch.Tensor, generated: list[int],
-                generator: torch.Generator | None) -> tuple[int, float]:
-    """(1-D vocab logits) -> (token id, its log-probability under the distribution it was drawn from)."""
+                generator: torch.Generator | None, watermark: WatermarkLogitsProcessor | None = None) -> Draw:
+    """(1-D vocab logits) -> the next token. ``watermark`` (see :func:`watermark_processor`; the engine passes
+    it to requests with ``params.watermark``) biases the logits, in greedy and sampled decoding alike, as TGI."""
     logits = apply_penalties(logits.float().clone(), params, prompt_ids, generated)
+    if watermark is not None:
+        context = torch.cat([prompt_ids.to(logits.device),
+                             torch.tensor(generated, dtype=torch.long, device=logits.device)])
+        logits = watermark(context[None], logits[None])[0]
     if params.greedy:
+        logprobs = torch.log_softmax(logits, -1)
         token = int(torch.argmax(logits))
-        return token, float(torch.log_softmax(logits, -1)[token])
-    logits = filter_top_k_top_p(logits / params.temperature, params.top_k, params.top_p)
-    probs = logits.softmax(-1)
-    token = int(torch.multinomial(probs, 1, generator=generator))
-    return token, float(torch.log(probs[token]))
+    else:
+        # shifted before scaling: a tiny temperature then sends the others to -inf instead of making inf - inf
+        scaled = (logits - logits.max()) / params.temperature
+        scaled = filter_typical(filter_top_k_top_p(scaled, params.top_k, params.top_p), params.typical_p)
+        probs = scaled.softmax(-1)
+        token = int(torch.multinomial(probs, 1, generator=generator))
+        logprobs = torch.log(probs)
+    return Draw(token, float(logprobs[token]), _top(logprobs, params.top_logprobs))
+
+
+def _top(logprobs: torch.Tensor, k: int) -> list[tuple[int, float]]:
+    if not k:
+        return []
+    values, ids = torch.topk(logprobs, min(k, logprobs.shape[-1]))
+    return [(i, v) for i, v in zip(ids.tolist(), values.tolist(), strict=True) if v != float("-inf")]

@@ -175,9 +175,9 @@ class Scheduler:
 
     def _end_locked(self, request_id: str) -> None:
         """Take a request out of the queue, or mark it for an engine abort (``_lock`` held)."""
-        queued = next((r for r in self._queue if r.request_id == request_id), None)
-        if queued is not None:
-            self._queue.remove(queued)
+        at = next((i for i, r in enumerate(self._queue) if r.request_id == request_id), None)
+        if at is not None:
+            del self._queue[at]  # by position: requests hold tensors, so they must never be compared by value
             del self._groups[request_id]
         else:
             self._aborts.add(request_id)
