@@ -40,7 +40,8 @@ def _openai_error(response) -> dict:
                                                                                         "aGVsbG8="}}]}]},
      415, "messages[0].content[0]", "PNG, JPEG"),
     ({"messages": [USER], "n": 100}, 413, "n", "--max-n"),
-    ({"messages": [USER], "logprobs": True}, 400, "logprobs", "not supported"),
+    ({"messages": [USER], "tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "tools",
+     "tools"),
     ({"messages": [USER], "seed": 2**70}, 400, "seed", "64-bit"),
 ])
 def test_openai_errors(server, body, status, param, words):
@@ -73,8 +74,8 @@ def test_tgi_errors_are_422_validation(server):
     assert response.json()["error_type"] == "validation" and "max_new_tokens" in response.json()["error"]
     response = _post(server, "/generate", {"inputs": [{"type": "audio", "audio": "x"}]})
     assert response.status_code == 422 and "audio" in response.json()["error"]
-    response = _post(server, "/generate", {"neither": 1})
-    assert response.status_code == 422 and "`inputs`" in response.json()["error"]
+    response = _post(server, "/generate", {"neither": 1})  # neither protocol's body: a plain 400
+    assert response.status_code == 400 and "`inputs`" in response.json()["error"]
 
 
 def test_vllm_errors_use_the_vllm_error_object(server):

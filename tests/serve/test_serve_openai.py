@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from openai import OpenAI
+from openai import BadRequestError, OpenAI
 from serve_helpers import API_KEY, IMAGE, data_url, greedy, greedy_params
 
+from coglens.engine import SamplingParams
 from coglens.processing.image import load_image
 
 
@@ -123,8 +124,65 @@ def test_penalties_and_sampling_fields_are_accepted(client):
     response = client.chat.completions.create(
         model="tiny:cogvlm2", messages=[_user("Hi")], max_tokens=5, temperature=0.7, top_p=0.9, seed=1,
         presence_penalty=1.0, frequency_penalty=0.5,
-        extra_body={"top_k": 5, "repetition_penalty": 1.1, "adapter_id": "ignored"})
+        extra_body={"top_k": 5, "repetition_penalty": 1.1}, user="u-1", metadata={"team": "a"})
     assert response.usage.completion_tokens == 5
+
+
+def _engine_events(pipe, query: str, params: SamplingParams) -> list:
+    return [e for e in pipe.engine.stream(pipe.request(query, params=params)) if e.token_id is not None]
+
+
+def test_logprobs_round_trip_with_top_logprobs(client, tiny_pipeline):
+    response = client.chat.completions.create(model="tiny:cogvlm2", messages=[_user("Describe the scene.")],
+                                              max_tokens=5, temperature=0, logprobs=True, top_logprobs=3)
+    events = _engine_events(tiny_pipeline, "Describe the scene.", SamplingParams(max_new_tokens=5, top_logprobs=3))
+    decode = tiny_pipeline.tokenizer.decode
+    content = response.choices[0].logprobs.content
+    assert [c.token for c in content] == [decode([e.token_id]) for e in events]
+    assert [c.logprob for c in content] == pytest.approx([e.logprob for e in events], abs=1e-5)
+    assert all(c.bytes == (None if "\ufffd" in c.token else list(c.token.encode("utf-8"))) for c in content)
+    assert [[t.token for t in c.top_logprobs] for c in content] == [
+        [decode([i]) for i, _ in e.top_logprobs] for e in events]
+    assert [t.logprob for c in content for t in c.top_logprobs] == pytest.approx(
+        [lp for e in events for _, lp in e.top_logprobs], abs=1e-5)
+    assert all(c.top_logprobs[0].logprob == pytest.approx(c.logprob) for c in content)  # greedy takes the top one
+
+    stream = client.chat.completions.create(model="tiny:cogvlm2", messages=[_user("Describe the scene.")],
+                                            max_tokens=5, temperature=0, logprobs=True, top_logprobs=3, stream=True)
+    streamed = [entry for chunk in stream if chunk.choices and chunk.choices[0].logprobs
+                for entry in chunk.choices[0].logprobs.content]
+    assert [e.model_dump() for e in streamed] == [e.model_dump() for e in content]
+
+
+def test_logprobs_without_top_logprobs_have_empty_alternatives(client):
+    response = client.chat.completions.create(model="tiny:cogvlm2", messages=[_user("Hi")], max_tokens=3,
+                                              temperature=0, logprobs=True)
+    assert [c.top_logprobs for c in response.choices[0].logprobs.content] == [[], [], []]
+    plain = client.chat.completions.create(model="tiny:cogvlm2", messages=[_user("Hi")], max_tokens=3, temperature=0)
+    assert plain.choices[0].logprobs is None
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("tools", [{"type": "function", "function": {"name": "f", "parameters": {}}}]),
+    ("tool_choice", "auto"),
+    ("response_format", {"type": "json_object"}),
+    ("logit_bias", {"50": 10}),
+    ("parallel_tool_calls", True),
+    ("top_logprobs", 2),  # without logprobs: true
+])
+def test_fields_the_server_does_not_implement_are_refused_by_name(client, field, value):
+    with pytest.raises(BadRequestError) as caught:
+        client.chat.completions.create(model="tiny:cogvlm2", messages=[_user("Hi")], max_tokens=2,
+                                       extra_body={field: value})
+    assert caught.value.body["param"] == field
+    assert field in caught.value.body["message"]
+
+
+def test_off_values_of_refused_fields_are_accepted(client):
+    response = client.chat.completions.create(model="tiny:cogvlm2", messages=[_user("Hi")], max_tokens=2,
+                                              response_format={"type": "text"}, tools=None,
+                                              extra_body={"logit_bias": {}, "tool_choice": "none"})
+    assert response.usage.completion_tokens == 2
 
 
 def test_missing_key_is_a_401_in_openai_shape(server):

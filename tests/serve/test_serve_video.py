@@ -81,6 +81,10 @@ def test_seed_bodies_of_the_mindie_guide(video_server, video_reference, video):
                                            "seed": None, "truncate": None, "typical_p": 0.5, "watermark": False,
                                            "adapter_id": "456"}}
     response = httpx.post(f"{video_server.url}/generate", content=json.dumps(tgi))
+    # the guide names an adapter this server does not have: refused by name, not silently ignored
+    assert response.status_code == 422 and "adapter_id" in response.json()["error"]
+    del tgi["parameters"]["adapter_id"]
+    response = httpx.post(f"{video_server.url}/generate", content=json.dumps(tgi))
     assert response.json() == {"generated_text": expected, "details": None}
 
     vllm = {"prompt": parts, "max_tokens": 6, "repetition_penalty": 1, "presence_penalty": 0,
@@ -107,6 +111,9 @@ def test_seed_multi_turn_body_puts_the_system_text_before_the_query(video_server
                          {"role": "system", "content": [{"type": "text", "text": answer}]},
                          {"role": "user", "content": [{"type": "video_url", "video_url": "video.mp4"},
                                                       {"type": "text", "text": "Please give me more detail."}]}]}
+    response = httpx.post(f"{video_server.url}/v1/chat/completions", content=json.dumps(body))
+    assert response.status_code == 400 and response.json()["error"]["param"] == "adapter_id"
+    del body["adapter_id"]
     response = httpx.post(f"{video_server.url}/v1/chat/completions", content=json.dumps(body))
     assert response.status_code == 200, response.text
     from coglens.engine import SamplingParams

@@ -1,4 +1,4 @@
-"""``create_app(settings)``: the FastAPI app speaking OpenAI, TGI, vLLM and Triton from one engine.
+"""``create_app(settings)``: the FastAPI app speaking OpenAI, TGI, vLLM and Triton/KServe v2 from one engine.
 
 The model is loaded (unless a :class:`~coglens.pipeline.Pipeline` is passed in) and the scheduler thread
 started in the lifespan, never at import. Handlers find everything on ``app.state``.
@@ -27,6 +27,7 @@ from .generate_route import router as generate_router
 from .http import SCHEMAS_KEY, protocol_route
 from .media import MediaLoader
 from .metrics import CONTENT_TYPE, ServeMetrics
+from .openai.completions import OpenAIServingCompletion
 from .openai.router import router as openai_router
 from .openai.serving import OpenAIServingChat
 from .security import require_api_key
@@ -34,6 +35,7 @@ from .service import GenerationService
 from .settings import ServeSettings
 from .tgi.router import router as tgi_router
 from .tgi.serving import TGIServing
+from .triton.router import health_router as kserve_health_router
 from .triton.router import router as triton_router
 from .triton.serving import TritonServing
 from .vllm.serving import VLLMServing
@@ -53,7 +55,7 @@ def create_app(settings: ServeSettings | None = None, *, pipeline: Pipeline | No
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])
-    for router in (_ops_router(), openai_router, generate_router, tgi_router, triton_router):
+    for router in (_ops_router(), kserve_health_router, openai_router, generate_router, tgi_router, triton_router):
         app.include_router(router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
@@ -81,6 +83,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.scheduler = scheduler
     app.state.service = service
     app.state.openai = OpenAIServingChat(service)
+    app.state.openai_completions = OpenAIServingCompletion(service)
     app.state.tgi = TGIServing(service)
     app.state.vllm = VLLMServing(service)
     app.state.triton = TritonServing(service)

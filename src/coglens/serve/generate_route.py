@@ -17,10 +17,13 @@ from .vllm.protocol import VLLMGenerateRequest
 
 
 def _render(request: Request, error: ServeError) -> JSONResponse:
-    """Errors in the shape of the protocol the body spoke (TGI's when it could not be told)."""
-    if getattr(request.state, "protocol", None) == vllm_serving.PROTOCOL:
+    """Errors in the shape of the protocol the body spoke; a plain 400 in TGI's shape when it could not be told."""
+    protocol = getattr(request.state, "protocol", None)
+    if protocol == vllm_serving.PROTOCOL:
         return vllm_serving.render_error(request, error)
-    return tgi_serving.render_error(request, error)
+    if protocol == tgi_serving.PROTOCOL:
+        return tgi_serving.render_error(request, error)
+    return JSONResponse(tgi_serving.error_body(error).model_dump(), status_code=error.status_code)
 
 
 router = APIRouter(route_class=protocol_route(tgi_serving.PROTOCOL, _render),
@@ -36,4 +39,5 @@ async def generate(request: Request) -> Response:
         return await vllm_router.generate(request, data)
     if isinstance(data, dict) and "inputs" in data:
         return await tgi_router.generate(request, data)
+    request.state.protocol = None  # neither protocol: the body could not be told
     raise InvalidRequestError("the body needs `inputs` (TGI style) or `prompt` (vLLM style)", param="inputs")

@@ -18,15 +18,19 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import threading
+import os
+import queue
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import anyio.to_thread
 import torch
 
-from ..engine import GenerationRequest, RequestGroup, SamplingParams, Scheduler, fit_new_tokens
+from ..engine import GenerationRequest, RequestGroup, SamplingParams, Scheduler, TokenEvent, fit_new_tokens
+from ..modeling.routing import VISION_TOKEN_TYPE
 from ..processing.conversation import build_conversation_input_ids
 from ..processing.template import TEMPLATE_VERSIONS
 from .errors import InvalidRequestError, ModelNotFoundError, UnsupportedInputError, limit_error
@@ -61,6 +65,18 @@ class Completion:
     pieces: list[str]  # the text each token made visible ("" while a stop string or a character is pending)
     finish_reason: str
     prompt_tokens: int
+    top_logprobs: list[list[tuple[int, float]]] = dataclasses.field(default_factory=list)  # per token, if asked
+    prompt_logprobs: list[float | None] | None = None  # per prompt token, if asked
+    seconds: list[float] = dataclasses.field(default_factory=list)  # perf_counter when each token was produced
+
+    @classmethod
+    def of(cls, events: list[TokenEvent], prompt_tokens: int) -> Completion:
+        tokens = [e for e in events if e.token_id is not None]
+        return cls("".join(e.text for e in tokens), [int(e.token_id or 0) for e in tokens],
+                   [float(e.logprob or 0.0) for e in tokens], [e.text for e in tokens],
+                   (events[-1].finish_reason or "") if events else "", prompt_tokens,
+                   [list(e.top_logprobs) for e in tokens], events[0].prompt_logprobs if events else None,
+                   [e.seconds for e in tokens])
 
     @property
     def completion_tokens(self) -> int:
@@ -78,10 +94,10 @@ class GenerationService:
         self.template = template
         self.eos_ids = set(scheduler.engine.eos_ids)
         self.special_ids = set(getattr(tokenizer, "all_special_ids", []) or [])
-        # The engine thread decodes with the pipeline's tokenizer; a private copy for prompts means the two
-        # threads never share one (fast tokenizers can fail with "Already borrowed" when they do).
-        self._tokenizer = copy.deepcopy(tokenizer)
-        self._tokenizer_lock = threading.Lock()
+        self._tokenizers = TokenizerPool(tokenizer, size=min(4, os.cpu_count() or 1))
+        # No token is longer than this many characters, so a prompt of more characters than
+        # max_prompt_tokens * this is over the limit without tokenizing it.
+        self._max_token_chars = max(1, max((len(token) for token in tokenizer.get_vocab()), default=1))
 
     @property
     def model_name(self) -> str:
@@ -95,19 +111,45 @@ class GenerationService:
                                      param=param, code="model_not_found")
 
     async def prepare(self, conversation: Conversation, *, template: str | None = None,
-                      template_param: str = "template") -> PreparedPrompt:
-        """Load the conversation's media and build its input ids (tokenizing off the event loop)."""
+                      template_param: str = "template", truncate: int | None = None,
+                      truncate_param: str = "truncate") -> PreparedPrompt:
+        """Check the conversation's limits, cheapest first, then load its media and build its input ids.
+
+        Order: media counts, prompt characters, tokens and context (images as placeholders of their exact span),
+        and only then decoding of media (each within the pixel limits and the request's pixel budget). Tokenizing
+        runs off the event loop on one of a few tokenizer copies, so a long prompt holds up no other request.
+        ``truncate`` keeps only the last ``truncate`` text tokens (TGI's ``truncate``); images always stay.
+        """
         template = template or self.template
         if template is not None and template not in TEMPLATE_VERSIONS:
             raise InvalidRequestError(f"{template_param}={template!r} is not a template; use "
                                       f"{', '.join(TEMPLATE_VERSIONS)}", param=template_param)
-        layout = await self._load_media(conversation)
-        inputs = await anyio.to_thread.run_sync(self._build, conversation, layout, template)
+        refs = self._check_media(conversation)
+        self._check_characters(conversation)
+        size = self.config.vision_config.image_size
+        budget = self.media.budget()
+        if self.config.is_video:
+            video = await self.media.video(refs[0], size, budget=budget) if refs else None
+            inputs = await anyio.to_thread.run_sync(self._build, conversation, {"video": video}, template)
+            ids, types = self._fit(inputs, truncate, truncate_param)
+            images = list(inputs["images"] or [])
+        else:
+            placeholders = {ref: torch.zeros(1).expand(3, size, size) for ref in refs}
+            inputs = await anyio.to_thread.run_sync(self._build, conversation, {"images": placeholders}, template)
+            ids, types = self._fit(inputs, truncate, truncate_param)
+            ref_of = {id(tensor): ref for ref, tensor in placeholders.items()}
+            images = [await self.media.image(ref_of[id(tensor)], size, budget=budget)
+                      for tensor in inputs["images"] or []]
+        return PreparedPrompt(ids, types, images, conversation.prompt_text)
+
+    def _fit(self, inputs: dict[str, Any], truncate: int | None, param: str) -> tuple[torch.Tensor, torch.Tensor]:
         ids, types = inputs["input_ids"], inputs["token_type_ids"]
+        if truncate is not None:
+            ids, types = truncate_text(ids, types, truncate, param=param)
         if ids.numel() > self.limits.max_prompt_tokens:
             raise limit_error(f"the prompt is {ids.numel()} tokens (images included)", "max_prompt_tokens",
                               f"{self.limits.max_prompt_tokens} tokens")
-        return PreparedPrompt(ids, types, list(inputs["images"] or []), conversation.prompt_text)
+        return ids, types
 
     def fit_max_tokens(self, prompt: PreparedPrompt, requested: int | None, *, param: str) -> int:
         """``requested`` new tokens if they fit the model's context, else a 400 naming ``param``; None = all room."""
@@ -132,22 +174,21 @@ class GenerationService:
 
     async def collect(self, group: RequestGroup) -> list[Completion]:
         """Wait for every choice of ``group``; cancels the rest if this is cancelled (client gone)."""
-        n = len(group.request_ids)
-        pieces: list[list[str]] = [[] for _ in range(n)]
-        tokens: list[list[int]] = [[] for _ in range(n)]
-        logprobs: list[list[float]] = [[] for _ in range(n)]
-        reasons: list[str] = [""] * n
+        events: list[list[TokenEvent]] = [[] for _ in group.request_ids]
         try:
             async for index, event in group.events():
-                if event.token_id is not None:
-                    pieces[index].append(event.text)
-                    tokens[index].append(event.token_id)
-                    logprobs[index].append(float(event.logprob or 0.0))
-                reasons[index] = event.finish_reason or ""
+                events[index].append(event)
         finally:
             group.cancel()
-        return [Completion("".join(pieces[i]), tokens[i], logprobs[i], pieces[i], reasons[i], group.prompt_tokens)
-                for i in range(n)]
+        return [Completion.of(choice, group.prompt_tokens) for choice in events]
+
+    async def token_texts(self, ids: list[int]) -> list[str]:
+        """Each token's own text (the per-token ``token``/``text`` of OpenAI and TGI), decoded off the loop."""
+        def decode() -> list[str]:
+            with self._tokenizers.borrow() as tokenizer:
+                return [tokenizer.decode([token_id]) for token_id in ids]
+
+        return await anyio.to_thread.run_sync(decode)
 
     def stop_kind(self, token_id: int | None) -> str:
         """Why a "stop" finish happened: ``"eos"`` (an end-of-sequence token) or ``"stop_sequence"``."""
@@ -155,11 +196,14 @@ class GenerationService:
 
     # --- internals --------------------------------------------------------------------------------
 
-    async def _load_media(self, conversation: Conversation) -> dict[str, Any]:
+    def _check_media(self, conversation: Conversation) -> list[MediaRef]:
+        """The media to load, after the checks that need no decoding (counts, kinds, one per turn)."""
         refs = conversation.media
+        if len(refs) > self.limits.max_media_parts:
+            raise limit_error(f"the request has {len(refs)} images and videos", "max_media_parts",
+                              str(self.limits.max_media_parts), param=refs[self.limits.max_media_parts].where)
         videos = [r for r in refs if r.kind == "video"]
         images = [r for r in refs if r.kind == "image"]
-        size = self.config.vision_config.image_size
         if self.config.is_video:
             if images:
                 raise UnsupportedInputError(f"{images[0].where}: this is a video model (CogVLM2-Video); send a "
@@ -167,7 +211,7 @@ class GenerationService:
             if len(videos) > 1:
                 raise InvalidRequestError(f"{videos[1].where}: CogVLM2-Video takes one video per conversation, "
                                           f"got {len(videos)}", param=videos[1].where)
-            return {"video": await self.media.video(videos[0], size) if videos else None}
+            return videos
         if videos:
             raise UnsupportedInputError(
                 f"{videos[0].where}: video input needs a CogVLM2-Video model (e.g. tiny:cogvlm2-video); this "
@@ -177,10 +221,13 @@ class GenerationService:
                 raise InvalidRequestError(
                     f"{turn.media[1].where}: one image per message; CogVLM places each image at the start of the "
                     "turn that sent it, so send earlier images with earlier user messages", param=turn.media[1].where)
-        loaded: dict[MediaRef, torch.Tensor] = {}
-        for ref in images:
-            loaded[ref] = await self.media.image(ref, size)
-        return {"images": loaded}
+        return images
+
+    def _check_characters(self, conversation: Conversation) -> None:
+        characters = sum(len(turn.query) + len(turn.answer or "") for turn in conversation.turns)
+        if characters > self.limits.max_prompt_tokens * self._max_token_chars:
+            raise limit_error(f"the prompt is {characters} characters, more than {self.limits.max_prompt_tokens} "
+                              "tokens can hold", "max_prompt_tokens", f"{self.limits.max_prompt_tokens} tokens")
 
     def _build(self, conversation: Conversation, layout: dict[str, Any], template: str | None) -> dict[str, Any]:
         history: list[tuple[Any, ...]] = []
@@ -190,7 +237,7 @@ class GenerationService:
             images = [layout["video"]] if layout["video"] is not None else []
             history = [(t.query, t.answer) for t in conversation.history]
         else:
-            loaded: dict[MediaRef, torch.Tensor] = layout["images"]
+            loaded: dict[MediaRef, torch.Tensor] = layout["images"]  # placeholders until the tokens fit
             for turn in conversation.history:
                 image = loaded[turn.media[0]] if turn.media else None
                 history.append((turn.query, turn.answer, image) if multi and image is not None
@@ -198,7 +245,44 @@ class GenerationService:
             current = conversation.current.media
             # several images: the current turn's own; one: the conversation's image, whichever turn sent it
             images = ([loaded[current[0]]] if current else []) if multi else list(loaded.values())
-        with self._tokenizer_lock:
+        with self._tokenizers.borrow() as tokenizer:
             return build_conversation_input_ids(
-                self._tokenizer, config=self.config, query=conversation.current.query, history=history,
+                tokenizer, config=self.config, query=conversation.current.query, history=history,
                 images=images or None, template_version=template, allow_multiple_images=multi)
+
+
+class TokenizerPool:
+    """A few copies of the prompt tokenizer, lent out one per prompt.
+
+    A fast tokenizer must not be used by two threads at once ("Already borrowed"), and the engine thread decodes
+    with the pipeline's own; with several copies one long prompt holds up only the copy it borrowed."""
+
+    def __init__(self, tokenizer: Any, *, size: int) -> None:
+        self._free: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        for _ in range(size):
+            self._free.put(copy.deepcopy(tokenizer))
+
+    @contextmanager
+    def borrow(self) -> Iterator[Any]:
+        tokenizer = self._free.get()
+        try:
+            yield tokenizer
+        finally:
+            self._free.put(tokenizer)
+
+
+def truncate_text(ids: torch.Tensor, types: torch.Tensor, keep: int, *,
+                  param: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop the earliest text tokens after the last image (or frame) until at most ``keep`` remain there.
+
+    ``[bos]``, the vision spans and the text between them stay: cutting there would join two spans."""
+    if keep < 1:
+        raise InvalidRequestError(f"{param}={keep} must be >= 1", param=param)
+    vision = (types == VISION_TOKEN_TYPE).nonzero().flatten()
+    start = int(vision[-1]) + 1 if vision.numel() else 1  # after the last vision token, else after [bos]
+    surplus = ids.numel() - start - keep
+    if surplus <= 0:
+        return ids, types
+    kept = torch.ones_like(types, dtype=torch.bool)
+    kept[start:start + surplus] = False
+    return ids[kept], types[kept]

@@ -1,27 +1,121 @@
-"""The pydantic base of every protocol's request models: unknown fields are accepted and logged, not errors.
+"""The pydantic base of every protocol's request models: strict types, and every field does what it says.
 
-Clients of TGI, vLLM and MindIE send fields we have no use for (``adapter_id``, ``watermark``, ``typical_p``,
-``batch_size``, ...); refusing them would break real clients, so they are dropped with a debug line.
+A client that sends a field expects its effect, so a field the server does not implement is an error, never
+silently dropped: unknown fields are refused (``extra="forbid"``), and the fields real clients send that we
+deliberately do not implement are declared :data:`Refused`, so the 400 says why (see :data:`REFUSED`).
+Fields that change nothing in an answer (``user``, ``metadata``, MindIE's ``batch_size``) are declared
+:data:`Ignored` (see :data:`IGNORED`). Types are strict: ``true`` is not a number, ``"yes"`` is not a boolean,
+and NaN/infinity are refused by every number field.
 """
 
 from __future__ import annotations
 
-import logging
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
+from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 
-logger = logging.getLogger("coglens.serve.protocol")
+# The one table of fields a client may send that this server does not implement: field -> (why, the values
+# that mean "off" and so are accepted). ``null`` is always accepted (clients send unset fields as null).
+TOOLS = "tool and function calling is not supported by this server (CogVLM has no tool-use training)"
+REFUSED: dict[str, tuple[str, tuple[Any, ...]]] = {
+    # OpenAI chat and completions
+    "tools": (TOOLS, ([],)),
+    "tool_choice": (TOOLS, ("none",)),
+    "functions": (TOOLS, ([],)),
+    "function_call": (TOOLS, ("none",)),
+    "parallel_tool_calls": (TOOLS, ()),
+    "response_format": ('structured output is not supported; only {"type": "text"} is', ({"type": "text"},)),
+    "logit_bias": ("logit_bias is not supported", ({},)),
+    "modalities": ('only text output is supported (modalities ["text"])', (["text"],)),
+    "audio": ("audio output is not supported", ()),
+    "prediction": ("predicted outputs are not supported", ()),
+    "reasoning_effort": ("CogVLM models have no reasoning mode", ()),
+    "web_search_options": ("web search is not supported", ()),
+    "suffix": ("insertion (suffix) is not supported: CogVLM only continues a prompt", ("",)),
+    # TGI (MindIE's bodies send adapter_id to OpenAI too)
+    "adapter_id": ("LoRA adapters are not supported yet: they come with a later release (--lora)", ("",)),
+    "grammar": ("grammar-constrained generation (JSON schema, regex) is not supported", ()),
+    # vLLM SamplingParams fields we do not implement
+    "best_of": ("best_of is not supported on vLLM's /generate; use TGI's /generate or /v1/completions", (1,)),
+    "use_beam_search": ("beam search is not supported", (False,)),
+    "length_penalty": ("length_penalty (beam search) is not supported", (1.0, 1)),
+    "min_p": ("min_p is not supported; use top_p or top_k", (0.0, 0)),
+    "min_tokens": ("min_tokens is not supported", (0,)),
+    "bad_words": ("bad_words is not supported", ([],)),
+    "allowed_token_ids": ("allowed_token_ids is not supported", ()),
+    "include_stop_str_in_output": ("stop strings are never included in the output here", (False,)),
+    "skip_special_tokens": ("special tokens are always skipped in the output here", (True,)),
+    "spaces_between_special_tokens": ("special tokens are always skipped in the output here", (True,)),
+    "detokenize": ("the output is always detokenized here", (True,)),
+    "truncate_prompt_tokens": ("truncate_prompt_tokens is not supported on vLLM's /generate", ()),
+    "guided_decoding": ("guided decoding is not supported", ()),
+    "logits_processors": ("custom logits processors are not supported", ()),
+    "logprobs": ("vLLM's /generate returns text only; ask /v1/completions for logprobs", ()),
+    "prompt_logprobs": ("vLLM's /generate returns text only; ask /v1/completions for logprobs", ()),
+}
+"""Field -> (why it is refused, values meaning "off" that are accepted)."""
+
+IGNORED: dict[str, str] = {
+    "user": "an end-user id for the client's own tracking",
+    "metadata": "the client's own tags",
+    "store": "OpenAI's stored completions: nothing is stored here",
+    "service_tier": "OpenAI's billing tier",
+    "batch_size": "MindIE's hint of the client's batch; one request's answer does not depend on it",
+    "id": "Triton's request id, echoed back",
+    "model": "on vLLM's /generate only (one model per server there; MindIE's bodies name it loosely)",
+}
+"""Fields accepted and deliberately without effect: none changes an answer or its shape."""
+
+
+def _refuse(value: Any, info: ValidationInfo) -> None:
+    why, off = REFUSED[info.field_name or ""]
+    if value is None or any(type(value) is type(v) and value == v for v in off):
+        return None
+    raise PydanticCustomError("unsupported_field", "{why}; remove the field", {"why": why})
+
+
+Refused = Annotated[Any, BeforeValidator(_refuse), Field(default=None, description="Not supported: refused.")]
+"""A field from :data:`REFUSED`: null or its "off" value is accepted, anything else is a 400 naming it."""
+
+Ignored = Annotated[Any, Field(default=None, description="Accepted and ignored (see wire.IGNORED).")]
 
 
 class WireModel(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    """Strict request model: declared fields only, exact JSON types, finite numbers."""
 
-    @model_validator(mode="after")
-    def _log_ignored_fields(self) -> WireModel:
-        if self.model_extra:
-            logger.debug("%s: ignoring unknown fields %s", type(self).__name__, sorted(self.model_extra))
-        return self
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _name_non_numbers(cls, data: Any, handler: ModelWrapValidatorHandler[WireModel]) -> WireModel:
+        """Say what NaN and infinity are (pydantic's "should be a finite number" reads as a range error)."""
+        try:
+            return handler(data)
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False)
+            if not any(error["type"] == "finite_number" for error in errors):
+                raise
+            raise ValidationError.from_exception_data(exc.title, [_line(error) for error in errors]) from None
+
+
+def _line(error: ErrorDetails) -> InitErrorDetails:
+    if error["type"] == "finite_number":
+        kind = PydanticCustomError("not_a_number", "{value} is not a number; send a finite number",
+                                   {"value": str(error["input"])})
+    else:
+        kind = PydanticCustomError(error["type"], error["msg"])
+    return {"type": kind, "loc": error["loc"], "input": error["input"]}
 
 
 def _stop_list(value: object) -> object:
@@ -33,6 +127,16 @@ def _stop_list(value: object) -> object:
 
 
 StopList = Annotated[list[str], BeforeValidator(_stop_list)]
+
+
+def _seed_range(value: int) -> int:
+    if not -(2**63) <= value < 2**63:
+        raise PydanticCustomError("seed_range", "{value} is outside the 64-bit range of seeds", {"value": value})
+    return value
+
+
+Seed = Annotated[int, AfterValidator(_seed_range)]
+"""A sampling seed: any signed 64-bit integer (the engine's generators take no more)."""
 
 
 class ResponseModel(BaseModel):
@@ -47,7 +151,7 @@ class ResponseModel(BaseModel):
 
 class MediaURL(WireModel):
     url: str
-    detail: str | None = None  # OpenAI's image detail level; CogVLM always sees one fixed-size image
+    detail: Literal["auto", "low", "high"] | None = None  # OpenAI's detail level; CogVLM sees one fixed size
 
 
 class TextPart(WireModel):

@@ -1,1 +1,1 @@
-"""OpenAI-compatible chat completions (``/v1/chat/completions``, ``/v1/models``)."""
+"""OpenAI-compatible chat and legacy completions (``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``)."""

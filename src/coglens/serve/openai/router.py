@@ -1,4 +1,4 @@
-"""FastAPI routes of the OpenAI protocol: parse, hand to :class:`OpenAIServingChat`, return."""
+"""FastAPI routes of the OpenAI protocol: parse, hand to :class:`OpenAIServingChat` (or ``...Completion``), return."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from fastapi import APIRouter, Depends, Request, Response
 from ..errors import ModelNotFoundError
 from ..http import cancel_on_disconnect, json_body, parse, protocol_route, read_json
 from ..security import require_api_key
-from .protocol import ChatCompletionRequest, ErrorResponse, ModelCard, ModelList
+from .completions import OpenAIServingCompletion
+from .protocol import ChatCompletionRequest, CompletionRequest, ErrorResponse, ModelCard, ModelList
 from .serving import PROTOCOL, OpenAIServingChat, render_error
 
 router = APIRouter(route_class=protocol_route(PROTOCOL, render_error), dependencies=[Depends(require_api_key)],
@@ -36,3 +37,11 @@ async def get_model(model: str, request: Request) -> ModelCard:
 async def chat_completions(request: Request) -> Response:
     body = parse(ChatCompletionRequest, await read_json(request, request.app.state.service.limits.max_body_bytes))
     return await cancel_on_disconnect(request, _serving(request).create(body, request))
+
+
+@router.post("/v1/completions", openapi_extra=json_body(CompletionRequest),
+             summary="Legacy text completion: the prompt continued as is (JSON, or server-sent events)")
+async def completions(request: Request) -> Response:
+    body = parse(CompletionRequest, await read_json(request, request.app.state.service.limits.max_body_bytes))
+    serving: OpenAIServingCompletion = request.app.state.openai_completions
+    return await cancel_on_disconnect(request, serving.create(body, request))

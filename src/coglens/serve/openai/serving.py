@@ -1,4 +1,8 @@
-"""OpenAI chat completions: request -> conversation -> engine -> ``chat.completion`` (or its SSE chunks)."""
+"""OpenAI chat completions: request -> conversation -> engine -> ``chat.completion`` (or its SSE chunks).
+
+With ``logprobs`` each choice (and each stream chunk) carries ``logprobs.content``: one entry per generated token
+with its text, logprob, UTF-8 bytes and the ``top_logprobs`` most likely alternatives, most likely first.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,8 @@ from collections.abc import AsyncIterator
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
-from ...engine import RequestGroup
-from ..errors import ServeError, UnsupportedInputError, to_serve_error
+from ...engine import RequestGroup, TokenEvent
+from ..errors import InvalidRequestError, ServeError, to_serve_error
 from ..http import EventStreamResponse, now, sse
 from ..messages import Message, split_parts, to_conversation
 from ..service import GenerationService
@@ -21,12 +25,15 @@ from .protocol import (
     ChatCompletionResponse,
     ChatMessage,
     Choice,
+    ChoiceLogprobs,
     ChunkChoice,
     Delta,
     ErrorInfo,
     ErrorResponse,
     ModelCard,
     ModelList,
+    TokenLogprob,
+    TopLogprob,
     Usage,
 )
 
@@ -50,8 +57,8 @@ class OpenAIServingChat:
         """Validate, prepare and queue the request; errors up to here are plain 4xx responses."""
         service = self.service
         service.check_model(body.model)
-        if body.logprobs:
-            raise UnsupportedInputError("logprobs are not supported by this server", param="logprobs")
+        if body.top_logprobs is not None and not body.logprobs:
+            raise InvalidRequestError("top_logprobs needs logprobs: true", param="top_logprobs")
         conversation = to_conversation(to_messages(body.messages))
         prompt = await service.prepare(conversation, template=body.template)
         requested, param = body.requested_max_tokens
@@ -62,20 +69,33 @@ class OpenAIServingChat:
         model = body.model or service.model_name
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return EventStreamResponse(self._stream(group, completion_id, model, include_usage, request))
-        return JSONResponse((await self._complete(group, completion_id, model, request)).model_dump())
+            return EventStreamResponse(self._stream(group, completion_id, model, include_usage, body.logprobs,
+                                                    request))
+        return JSONResponse((await self._complete(group, completion_id, model, body.logprobs, request)).model_dump())
 
-    async def _complete(self, group: RequestGroup, completion_id: str, model: str,
+    async def _complete(self, group: RequestGroup, completion_id: str, model: str, logprobs: bool,
                         request: Request) -> ChatCompletionResponse:
         completions = await self.service.collect(group)
-        usage = _usage(group.prompt_tokens, sum(c.completion_tokens for c in completions))
+        usage = usage_of(group.prompt_tokens, sum(c.completion_tokens for c in completions))
         request.state.completion_tokens = usage.completion_tokens
-        choices = [Choice(index=i, message=AssistantMessage(content=c.text), finish_reason=_finish(c.finish_reason))
+        choices = [Choice(index=i, message=AssistantMessage(content=c.text),
+                          finish_reason=finish_reason(c.finish_reason),
+                          logprobs=await self._logprobs(c.token_ids, c.logprobs, c.top_logprobs) if logprobs else None)
                    for i, c in enumerate(completions)]
         return ChatCompletionResponse(id=completion_id, created=now(), model=model, choices=choices, usage=usage)
 
+    async def _logprobs(self, token_ids: list[int], logprobs: list[float],
+                        top: list[list[tuple[int, float]]]) -> ChoiceLogprobs:
+        """OpenAI's ``logprobs.content`` for these tokens (every token text decoded in one call)."""
+        texts = iter(await self.service.token_texts([*token_ids, *(i for alts in top for i, _ in alts)]))
+        entries = [(next(texts), logprob) for logprob in logprobs]
+        content = [TokenLogprob(token=text, logprob=logprob, bytes=_bytes(text),
+                                top_logprobs=[_top(next(texts), lp) for _, lp in alts])
+                   for (text, logprob), alts in zip(entries, top, strict=True)]
+        return ChoiceLogprobs(content=content)
+
     async def _stream(self, group: RequestGroup, completion_id: str, model: str, include_usage: bool,
-                      request: Request) -> AsyncIterator[str]:
+                      logprobs: bool, request: Request) -> AsyncIterator[str]:
         created = now()
 
         def chunk(choices: list[ChunkChoice], usage: Usage | None = None) -> str:
@@ -87,18 +107,25 @@ class OpenAIServingChat:
                 del payload["usage"]
             return sse(json.dumps(payload, ensure_ascii=False))
 
+        async def token_logprobs(event: TokenEvent) -> ChoiceLogprobs | None:
+            if not logprobs or event.token_id is None:
+                return None
+            return await self._logprobs([event.token_id], [float(event.logprob or 0.0)], [event.top_logprobs])
+
         generated = 0
         try:
             for index in range(len(group.request_ids)):
                 yield chunk([ChunkChoice(index=index, delta=Delta(role="assistant", content=""))])
             async for index, event in group.events():
                 generated += event.token_id is not None
-                if event.text:
-                    yield chunk([ChunkChoice(index=index, delta=Delta(content=event.text))])
+                token_logprob = await token_logprobs(event)
+                if event.text or token_logprob is not None:
+                    yield chunk([ChunkChoice(index=index, delta=Delta(content=event.text), logprobs=token_logprob)])
                 if event.finish_reason is not None:
-                    yield chunk([ChunkChoice(index=index, delta=Delta(), finish_reason=_finish(event.finish_reason))])
+                    reason = finish_reason(event.finish_reason)
+                    yield chunk([ChunkChoice(index=index, delta=Delta(), finish_reason=reason)])
             if include_usage:
-                yield chunk([], _usage(group.prompt_tokens, generated))
+                yield chunk([], usage_of(group.prompt_tokens, generated))
         except Exception as exc:  # the 200 is sent: report the failure in-band, as OpenAI-compatible servers do
             error = to_serve_error(exc)
             request.state.error = error.message
@@ -118,12 +145,22 @@ def to_messages(messages: list[ChatMessage]) -> list[Message]:
     return out
 
 
-def _usage(prompt_tokens: int, completion_tokens: int) -> Usage:
+def _top(text: str, logprob: float) -> TopLogprob:
+    return TopLogprob(token=text, logprob=logprob, bytes=_bytes(text))
+
+
+def _bytes(text: str) -> list[int] | None:
+    """The token's UTF-8 bytes; None when it decodes to U+FFFD (part of a character: its own bytes are not
+    recoverable from the text, and U+FFFD's bytes would be wrong)."""
+    return None if "\ufffd" in text else list(text.encode())
+
+
+def usage_of(prompt_tokens: int, completion_tokens: int) -> Usage:
     return Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                  total_tokens=prompt_tokens + completion_tokens)
 
 
-def _finish(reason: str) -> str:
+def finish_reason(reason: str) -> str:
     return "length" if reason == "length" else "stop"
 
 

@@ -1,1 +1,1 @@
-"""Text Generation Inference protocol (``/generate``, ``/generate_stream`` and the compat route ``/``)."""
+"""Text Generation Inference protocol (``/generate``, ``/generate_stream``, the compat route ``/`` and ``/info``)."""

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 
 from ..http import cancel_on_disconnect, json_body, parse, protocol_route, read_json
 from ..security import require_api_key
-from .protocol import TGIGenerateRequest
+from .protocol import Info, TGIGenerateRequest
 from .serving import PROTOCOL, TGIServing, render_error
 
 router = APIRouter(route_class=protocol_route(PROTOCOL, render_error), dependencies=[Depends(require_api_key)],
@@ -46,3 +46,8 @@ async def generate_stream(request: Request) -> Response:
 async def compat_generate(request: Request) -> Response:
     return await generate(request, await read_json(request, request.app.state.service.limits.max_body_bytes),
                           as_list=True)
+
+
+@router.get("/info", response_model=Info, summary="TGI: the served model and the server's limits")
+async def info(request: Request) -> Info:
+    return _serving(request).info()

@@ -2,6 +2,8 @@
 fields of vLLM's ``SamplingParams`` at the top level (pydantic only).
 
 ``prompt`` may be a string or a list of typed parts as in the MindIE guides. Extension: ``template``.
+The vLLM ``SamplingParams`` fields we do not implement are refused by name (see ``wire.REFUSED``); ``model``
+is ignored (vLLM's /generate has one model; MindIE's bodies name it loosely).
 """
 
 from __future__ import annotations
@@ -9,14 +11,13 @@ from __future__ import annotations
 from pydantic import Field
 
 from ...engine import SamplingParams
-from ..wire import ContentPart, ResponseModel, StopList, WireModel
+from ..wire import ContentPart, Ignored, Refused, ResponseModel, Seed, StopList, WireModel
 
 DEFAULT_MAX_TOKENS = 16  # vLLM SamplingParams' default
 
 
-
-
 class VLLMGenerateRequest(WireModel):
+    model: Ignored
     prompt: str | list[ContentPart]
     stream: bool = False
     n: int = Field(default=1, ge=1)
@@ -27,11 +28,28 @@ class VLLMGenerateRequest(WireModel):
     repetition_penalty: float = Field(default=1.0, gt=0)
     presence_penalty: float = Field(default=0.0, ge=-2, le=2)
     frequency_penalty: float = Field(default=0.0, ge=-2, le=2)
-    seed: int | None = None
+    seed: Seed | None = None
     stop: StopList = Field(default_factory=list)
     stop_token_ids: list[int] = Field(default_factory=list)
     ignore_eos: bool = False
     template: str | None = None
+    best_of: Refused
+    use_beam_search: Refused
+    length_penalty: Refused
+    min_p: Refused
+    min_tokens: Refused
+    bad_words: Refused
+    allowed_token_ids: Refused
+    include_stop_str_in_output: Refused
+    skip_special_tokens: Refused
+    spaces_between_special_tokens: Refused
+    detokenize: Refused
+    truncate_prompt_tokens: Refused
+    guided_decoding: Refused
+    logits_processors: Refused
+    logit_bias: Refused
+    logprobs: Refused
+    prompt_logprobs: Refused
 
     def to_sampling_params(self, max_new_tokens: int) -> SamplingParams:
         return SamplingParams.from_temperature(

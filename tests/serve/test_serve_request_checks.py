@@ -1,0 +1,132 @@
+"""Requests are checked cheapest first: body time and shape, media counts, prompt length, then media decoding."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import torch
+from serve_helpers import Server, data_url, run_server
+
+from coglens.modeling.routing import LANGUAGE_TOKEN_TYPE, VISION_TOKEN_TYPE
+from coglens.serve.errors import InvalidRequestError
+from coglens.serve.limits import ServeLimits
+from coglens.serve.service import truncate_text
+from coglens.serve.settings import ServeSettings
+
+GARBAGE_PNG = data_url(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4, "image/png")
+ROUTES = (("/v1/chat/completions", lambda text: {"messages": [{"role": "user", "content": text}]}),
+          ("/generate", lambda text: {"inputs": text}),
+          ("/v2/models/tiny:cogvlm2/generate", lambda text: {"text_input": text}))
+
+
+@pytest.fixture(scope="module")
+def checked() -> Iterator[Server]:
+    limits = ServeLimits(max_prompt_tokens=20, max_media_parts=3, body_timeout_s=1.0, max_json_depth=8)
+    with run_server(ServeSettings(model="tiny:cogvlm2", device="cpu", limits=limits)) as server:
+        yield server
+
+
+def _error(response: httpx.Response) -> str:
+    error = response.json()["error"]
+    return error["message"] if isinstance(error, dict) else error
+
+
+def _healthy(server: Server) -> None:
+    assert httpx.get(f"{server.url}/health").status_code == 200
+    answer = httpx.post(f"{server.url}/v1/chat/completions",
+                        json={"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2, "temperature": 0})
+    assert answer.status_code == 200, answer.text
+
+
+def test_a_body_shorter_than_its_content_length_times_out_with_408(checked):
+    host, port = checked.url.removeprefix("http://").split(":")
+    started = time.monotonic()
+    with socket.create_connection((host, int(port)), timeout=20) as conn:
+        conn.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 1000\r\n\r\n{\"messages\": ")
+        reply = b""
+        while b"--body-timeout" not in reply and (chunk := conn.recv(65536)):
+            reply += chunk
+    reply = reply.decode()
+    assert reply.startswith("HTTP/1.1 408"), reply
+    assert "--body-timeout" in reply, reply
+    assert time.monotonic() - started < 10
+    _healthy(checked)
+
+
+@pytest.mark.parametrize("path", [path for path, _ in ROUTES])
+def test_deep_json_is_a_400_naming_the_depth_limit(checked, path):
+    for body in ("[" * 50_000 + "]" * 50_000, '{"a": ' * 9 + "1" + "}" * 9):
+        response = httpx.post(f"{checked.url}{path}", content=body, headers={"Content-Type": "application/json"})
+        assert response.status_code in (400, 422), response.text
+        assert "--max-json-depth" in _error(response)
+    _healthy(checked)
+
+
+@pytest.mark.parametrize(("path", "make"), ROUTES)
+def test_a_lone_surrogate_is_a_4xx_naming_where_it_is(checked, path, make):
+    body = httpx.Request("POST", "/", json=make("PLACEHOLDER")).content.replace(b"PLACEHOLDER", b"ab\\ud800cd")
+    response = httpx.post(f"{checked.url}{path}", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code in (400, 422), response.text
+    assert "invalid Unicode" in _error(response)
+    _healthy(checked)
+
+
+def test_a_huge_prompt_is_refused_without_tokenizing_it(checked):
+    service = checked.app.state.service
+    calls = []
+    pool = service._tokenizers
+    borrow = pool.borrow
+
+    def counting_borrow():
+        calls.append(1)
+        return borrow()
+
+    pool.borrow = counting_borrow
+    try:
+        response = httpx.post(f"{checked.url}/generate", json={"inputs": "word " * 200_000})
+    finally:
+        del pool.borrow
+    assert response.status_code == 413
+    assert "--max-prompt-tokens" in _error(response) and "characters" in _error(response)
+    assert calls == []
+
+
+def test_media_are_counted_before_any_is_read(checked):
+    parts = [{"type": "image_url", "image_url": {"url": GARBAGE_PNG}}] * 4
+    messages = [{"role": "user", "content": [part]} for part in parts]
+    messages = [m for pair in zip(messages, [{"role": "assistant", "content": "ok"}] * 4, strict=True) for m in pair]
+    response = httpx.post(f"{checked.url}/v1/chat/completions", json={"messages": messages[:-1]})
+    assert response.status_code == 413, response.text
+    assert "--max-media-parts" in _error(response)
+
+
+def test_prompt_length_is_checked_before_images_are_decoded(checked):
+    """A garbage image behind a prompt that is too long: the (cheap) length error comes, not the decode error."""
+    content = [{"type": "image_url", "image_url": {"url": GARBAGE_PNG}}, {"type": "text", "text": "word " * 15}]
+    response = httpx.post(f"{checked.url}/v1/chat/completions",
+                          json={"messages": [{"role": "user", "content": content}]})
+    assert response.status_code == 413, response.text
+    assert "--max-prompt-tokens" in _error(response)
+
+
+def _types(*runs: tuple[int, int]) -> torch.Tensor:
+    return torch.tensor([t for t, n in runs for _ in range(n)])
+
+
+def test_truncate_keeps_bos_images_and_the_last_text_tokens():
+    types = _types((LANGUAGE_TOKEN_TYPE, 1), (VISION_TOKEN_TYPE, 3), (LANGUAGE_TOKEN_TYPE, 6))
+    ids = torch.arange(10)
+    new_ids, new_types = truncate_text(ids, types, 2, param="truncate")
+    assert new_ids.tolist() == [0, 1, 2, 3, 8, 9]
+    assert new_types.tolist() == [0, 1, 1, 1, 0, 0]
+    same_ids, _ = truncate_text(ids, types, 6, param="truncate")
+    assert same_ids.tolist() == list(range(10))
+    text_only = truncate_text(torch.arange(5), torch.zeros(5, dtype=torch.long), 1, param="truncate")[0]
+    assert text_only.tolist() == [0, 4]
+    with pytest.raises(InvalidRequestError, match="truncate=0"):
+        truncate_text(ids, types, 0, param="truncate")
