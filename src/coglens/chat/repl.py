@@ -18,6 +18,7 @@ from typing import TextIO
 from ..engine import SamplingParams
 from .boxes import boxed_picture, describe_boxes
 from .session import ChatSession, Turn
+from .text import UndecodableTextError, check_decoded
 from .transcript import save_transcript
 
 PROMPT = "You: "
@@ -61,6 +62,10 @@ class ChatRepl:
         while True:
             try:
                 line = self.read_line(PROMPT).strip()
+                check_decoded(line, "the line")
+            except (UnicodeDecodeError, UndecodableTextError) as exc:  # bytes that are not UTF-8: say so, go on
+                self._say(f"error: {_decode_failure(exc)}")
+                continue
             except EOFError:
                 self._say("")
                 return
@@ -177,6 +182,12 @@ def _interrupt_sets(event: threading.Event) -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def _decode_failure(error: ValueError) -> str:
+    if isinstance(error, UnicodeDecodeError):
+        return f"the line could not be decoded as {error.encoding} ({error.reason}); retype it"
+    return f"{error}"
 
 
 def _path_argument(argument: str) -> str:

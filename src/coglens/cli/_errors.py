@@ -14,14 +14,16 @@ import typer
 
 @contextmanager
 def lens_errors_exit() -> Iterator[None]:
-    """Print a storage error's message (it says what to fix) and exit 1, without a traceback."""
-    from coglens.lens.store.errors import LensStoreError  # coglens.lens imports torch: not when the CLI is built
+    """Print a storage error's message (it says what to fix) and exit 1, without a traceback (a run stopped by a
+    signal exits 130 or 143, as the shell expects)."""
+    # coglens.lens imports torch: not when the CLI is built
+    from coglens.lens.store.errors import LensStoreError, RunStoppedError
 
     try:
         yield
     except LensStoreError as error:
         typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(1) from None
+        raise typer.Exit(error.exit_code if isinstance(error, RunStoppedError) else 1) from None
 
 
 def check_database_exists(db: str) -> None:

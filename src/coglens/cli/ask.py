@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from coglens.chat.text import check_decoded
 from coglens.processing.video.strategies import DEFAULT_NUM_FRAMES
 
 from ._options import (
@@ -58,6 +59,7 @@ def ask(
     if boxes_out is not None and image is None:  # say so before the model runs, not after the answer
         raise ValueError("--boxes-out needs --image: boxes are drawn on the image they refer to")
     check_media_options(image, video, boxes_out, dtype)
+    check_decoded(question, "the question")
 
     from ..engine import SamplingParams
     from ..pipeline import Pipeline

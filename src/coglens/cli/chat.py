@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import io
+import sys
 from typing import Annotated
 
 import typer
@@ -66,6 +68,7 @@ def chat(
 
     params = SamplingParams.from_temperature(temperature, max_new_tokens=max_new_tokens, top_p=top_p, top_k=top_k,
                                              seed=seed)
+    _read_undecodable_input()
     _enable_line_editing()
     typer.echo("Loading the model...", err=True)
     pipe = Pipeline.load(model, tokenizer=tokenizer, dtype=dtype, device=device, max_batch_size=1)
@@ -75,6 +78,13 @@ def chat(
     elif video is not None:
         session.set_media(session.load_video(video))
     ChatRepl(session, params, grounding=grounding, boxes_out=boxes_out).run()
+
+
+def _read_undecodable_input() -> None:
+    """Let a typed line that is not UTF-8 reach the chat (which says so and goes on) instead of ending it with a
+    UnicodeDecodeError: stdin hands its bad bytes over as surrogate escapes."""
+    if isinstance(sys.stdin, io.TextIOWrapper):
+        sys.stdin.reconfigure(errors="surrogateescape")
 
 
 def _enable_line_editing() -> None:

@@ -51,7 +51,8 @@ def main() -> None:
             raise
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # a command with something to keep (extract) says what it kept before this
+        print("interrupted", file=sys.stderr)
         sys.exit(130)
 
 

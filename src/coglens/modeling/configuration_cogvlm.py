@@ -21,6 +21,11 @@ VARIANTS = (COGVLM, COGVLM2, COGVLM2_VIDEO)
 MODEL_TYPES = {COGVLM: "cogvlm", COGVLM2: "cogvlm2", COGVLM2_VIDEO: "cogvlm2_llama3_video"}
 ROPE_THETA = {COGVLM: 10000.0, COGVLM2: 500000.0, COGVLM2_VIDEO: 500000.0}
 LLAMA3_IMAGE_TOKEN_ID = 128002  # CogVLM2 hard-codes Llama-3's reserved id 128002 as the image placeholder
+# Sizes a config.json must give as positive integers (a string or 12.5 would fail deep inside transformers)
+_POSITIVE_INTS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                  "num_multi_query_heads", "max_position_embeddings")
+_VISION_POSITIVE_INTS = ("image_size", "patch_size", "in_channels", "num_channels", "hidden_size",
+                         "intermediate_size", "num_heads", "num_attention_heads", "num_hidden_layers", "num_positions")
 
 
 class ConfigError(ValueError):
@@ -248,15 +253,17 @@ def load_config(path: str | Path, **overrides: Any) -> CogvlmConfig:
     if not file.is_file():
         raise ConfigError(f"{path} is not a CogVLM checkpoint: no config.json there")
     try:
-        raw = json.loads(file.read_text())
-    except json.JSONDecodeError as exc:
+        raw = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ConfigError(f"{file} is not valid JSON ({exc})") from exc
-    if not isinstance(raw, dict) or "vision_config" not in raw or "hidden_size" not in raw:
+    if not isinstance(raw, dict) or not isinstance(raw.get("vision_config"), dict) or "hidden_size" not in raw:
         raise ConfigError(
             f"{file} does not describe a CogVLM model (no vision_config / hidden_size); "
             "point at a THUDM CogVLM, CogVLM2 or CogVLM2-Video checkpoint folder"
         )
     raw.update(overrides)
+    _check_sizes(raw, _POSITIVE_INTS, "", file)
+    _check_sizes(raw["vision_config"], _VISION_POSITIVE_INTS, "vision_config.", file)
     variant = raw.get("variant") or _MODEL_TYPE_TO_VARIANT.get(raw.get("model_type", ""))
     if variant is None:
         variant = infer_variant(raw.get("num_multi_query_heads"), raw.get("architectures"), COGVLM)
@@ -269,6 +276,13 @@ def declares_variant(folder: str | Path) -> bool:
     file = Path(folder) / "config.json"
     raw = json.loads(file.read_text()) if file.is_file() else {}
     return "variant" in raw or raw.get("model_type") in _MODEL_TYPE_TO_VARIANT
+
+
+def _check_sizes(values: dict[str, Any], names: tuple[str, ...], prefix: str, file: Path) -> None:
+    for name in names:
+        value = values.get(name)
+        if value is not None and (type(value) is not int or value <= 0):
+            raise ConfigError(f"config field `{prefix}{name}` in {file} must be a positive integer, got {value!r}")
 
 
 def _require(ok: bool, field: str, message: str) -> None:

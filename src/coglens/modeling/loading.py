@@ -13,13 +13,14 @@ import logging
 import os
 import tempfile
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import dispatch_model, infer_auto_device_map, init_empty_weights
 from accelerate.utils import get_balanced_memory, offload_weight, save_offload_index
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from transformers import GenerationConfig
 
 from ..hub import pop_hub_kwargs, resolve_checkpoint
@@ -38,16 +39,32 @@ class CheckpointError(ValueError):
     """A checkpoint folder that cannot be loaded; the message names the file, the key and the shapes."""
 
 
+def read_weight_map(index: Path) -> dict[str, str]:
+    """The ``weight_map`` of a shard index (key -> shard file name), each shard checked to be a file name inside
+    the index's folder: an index cannot point the loader at other files ("../../etc/passwd", absolute paths)."""
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{index} is not a valid shard index ({exc}); download it again") from exc
+    if not isinstance(weight_map, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
+    ):
+        raise CheckpointError(f"{index}: `weight_map` must map weight names to shard file names")
+    outside = sorted({v for v in weight_map.values() if Path(v).name != v or v in ("", ".", "..")})
+    if outside:
+        raise CheckpointError(
+            f"{index} names shard files outside its folder ({', '.join(map(repr, outside[:3]))}); a shard must "
+            "be a file name in the checkpoint folder: refused"
+        )
+    return weight_map
+
+
 def checkpoint_files(folder: Path) -> list[Path]:
     """The weight files of a folder, in load order, after checking every shard the index names exists."""
     for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         index = folder / index_name
         if index.is_file():
-            try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-            except (json.JSONDecodeError, KeyError) as exc:
-                raise CheckpointError(f"{index} is not a valid shard index ({exc})") from exc
-            shards = sorted(set(weight_map.values()))
+            shards = sorted(set(read_weight_map(index).values()))
             missing = [s for s in shards if not (folder / s).is_file()]
             if missing:
                 raise CheckpointError(
@@ -64,10 +81,22 @@ def checkpoint_files(folder: Path) -> list[Path]:
     )
 
 
+@contextmanager
+def open_safetensors(file: Path) -> Iterator[Any]:
+    """``safe_open`` that names the file when it is truncated or corrupt (a cut download, a bad copy)."""
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            yield f
+    except SafetensorError as exc:
+        raise CheckpointError(
+            f"{file} is truncated or corrupt ({exc}); download it again (and compare its size with the source)"
+        ) from exc
+
+
 def iter_tensors(file: Path) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield (key, tensor) one at a time so only one tensor of the file is materialised at once."""
     if file.suffix == ".safetensors":
-        with safe_open(str(file), framework="pt") as f:
+        with open_safetensors(file) as f:
             for key in f.keys():  # noqa: SIM118 (safe_open is not a dict)
                 yield key, f.get_tensor(key)
     else:
@@ -83,12 +112,12 @@ def checkpoint_keys(files: list[Path]) -> set[str]:
     keys: set[str] = set()
     for file in files:
         if file.suffix == ".safetensors":
-            with safe_open(str(file), framework="pt") as f:
+            with open_safetensors(file) as f:
                 keys.update(f.keys())
         else:
             index = file.parent / "pytorch_model.bin.index.json"
             if index.is_file():
-                keys.update(k for k, v in json.loads(index.read_text())["weight_map"].items() if v == file.name)
+                keys.update(k for k, v in read_weight_map(index).items() if v == file.name)
             else:
                 keys.update(k for k, _ in iter_tensors(file))
     return keys
@@ -102,7 +131,7 @@ def checkpoint_dtype(files: list[Path]) -> torch.dtype | None:
     for file in files:
         if file.suffix != ".safetensors":
             return None
-        with safe_open(str(file), framework="pt") as f:
+        with open_safetensors(file) as f:
             for key in f.keys():  # noqa: SIM118 (safe_open is not a dict)
                 dtype = _SAFETENSORS_DTYPES.get(f.get_slice(key).get_dtype())
                 if dtype is not None:

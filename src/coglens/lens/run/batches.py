@@ -90,8 +90,8 @@ class BatchPreparer:
                     images=media,
                     template_version=self.template_version,
                 )
-            except (ProcessingError, VideoInputError) as error:
-                failures.append(SampleFailure(sample.key, sample.source, str(error)))
+            except (ProcessingError, VideoInputError, OSError) as error:  # OSError: the file itself unreadable
+                failures.append(SampleFailure(sample.key, sample.source, _reason(error)))
                 continue
             rows.append(row)
             kept.append(sample)
@@ -119,6 +119,14 @@ class BatchPreparer:
         if isinstance(source, bytes):
             return [image], hashlib.sha256(source).hexdigest()
         return [image], None
+
+
+def _reason(error: Exception) -> str:
+    """Why a sample failed, in words: an OSError of Pillow or the file system says what and where."""
+    if isinstance(error, OSError):
+        detail = error.strerror or str(error) or type(error).__name__
+        return f"cannot read it ({detail}); check or replace the file"
+    return str(error)
 
 
 def _file_sha256(path: str | Path) -> str:

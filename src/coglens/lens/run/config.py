@@ -29,6 +29,7 @@ from coglens.lens.capture.choices import CAPTURE_CHOICES, POOLING_CHOICES, STEP_
 from coglens.lens.capture.modules import ModuleEntry, ModuleMatchError, compile_pattern
 from coglens.lens.capture.paths import CapturePath, CapturePathError
 from coglens.lens.capture.select import SelectionError, TokenSpec
+from coglens.lens.store.connection import without_password
 from coglens.lens.store.formats import COGLENS_FORMAT, MODEL_STORE_DTYPE, OUTPUT_FORMATS, STORE_DTYPES
 from coglens.modeling.configuration_cogvlm import VARIANTS
 from coglens.modeling.dtypes import AUTO_DTYPE, DTYPE_CHOICES
@@ -227,6 +228,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text())
     except OSError as error:
         raise LensConfigError(f"cannot read lens config {path}: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise LensConfigError(f"lens config {path} is not UTF-8 text ({error.reason} at byte {error.start})") from None
     except yaml.YAMLError as error:
         raise LensConfigError(f"{path} is not valid YAML: {error}") from None
     if data is None:
@@ -259,7 +262,8 @@ def _aliased(reader: _Reader, key: str, alias: str) -> str | None:
     value, other = reader.text(key), reader.text(alias)
     if value is not None and other is not None and value != other:
         raise LensConfigError(
-            f"{key}: {value!r} and {alias}: {other!r} set the same thing to different values; keep one"
+            f"{key}: {without_password(value)!r} and {alias}: {without_password(other)!r} set the same thing to "
+            "different values; keep one"
         )
     return other if value is None else value
 

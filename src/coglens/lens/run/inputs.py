@@ -222,10 +222,17 @@ def _read_manifest(path: Path) -> list[dict[str, Any]]:
         text = path.read_text(encoding="utf-8-sig")
     except OSError as error:
         raise LensInputError(f"cannot read manifest {str(path)!r}: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise LensInputError(
+            f"manifest {str(path)!r} is not UTF-8 text ({error.reason} at byte {error.start}); save it as UTF-8"
+        ) from None
     if path.suffix.lower() == ".csv":
-        return [
-            {k: (v if v != "" else None) for k, v in row.items()} for row in csv.DictReader(text.splitlines())
-        ]
+        try:
+            return [
+                {k: (v if v != "" else None) for k, v in row.items()} for row in csv.DictReader(text.splitlines())
+            ]
+        except csv.Error as error:
+            raise LensInputError(f"manifest {str(path)!r} is not a readable CSV file: {error}") from None
     rows = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():

@@ -9,7 +9,10 @@ then the run is created or resumed in the database.
 Resume: samples are written in batched transactions, a sample together with all its activations, so the
 samples a database holds are exactly the complete ones; a rerun of the same config skips them. The store
 refuses to resume a run with another model or other capture settings (:mod:`coglens.lens.store.resume`).
-``overwrite`` starts the run over; ``run_name`` keeps several runs in one database.
+``overwrite`` starts the run over; ``run_name`` keeps several runs in one database. A run stopped by SIGINT or
+SIGTERM is marked ``interrupted``, one stopped by a failed write (disk full...) ``failed``; both raise
+:class:`RunStoppedError` saying what is stored and how to resume. On SQLite, one process at a time writes a run
+(:mod:`coglens.lens.store.lock`).
 
 Throughput: batches are prepared (images decoded, prompts built) by a thread pool ahead of the model, and
 written by a writer thread while the next batch runs. Under ``torchrun`` each rank extracts its share (see
@@ -22,8 +25,10 @@ import contextlib
 import hashlib
 import json
 import logging
+import signal
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,9 +42,10 @@ from coglens.lens.run.config import LensConfig, LensConfigError
 from coglens.lens.run.inputs import LensSample, collect_samples
 from coglens.lens.run.progress import LensSummary, Progress
 from coglens.lens.run.ranks import ProcessGroup, Ranks, is_shared_database, shard_path
-from coglens.lens.store.connection import database_url, describe
-from coglens.lens.store.errors import LensStoreError
+from coglens.lens.store.connection import database_url, describe, without_password, write_failure
+from coglens.lens.store.errors import LensStoreError, LensWriteError, RunStoppedError
 from coglens.lens.store.formats import MODEL_STORE_DTYPE, open_writer
+from coglens.lens.store.lock import run_lock
 from coglens.lens.store.sink import BackgroundWriter, WrittenTotals
 from coglens.lens.store.writer import LensWriter
 from coglens.modeling.dtypes import AUTO_DTYPE
@@ -49,6 +55,28 @@ from coglens.processing import CogvlmProcessor
 logger = logging.getLogger(__name__)
 
 DEFAULT_RUN_NAME = "lens"
+_SIGINT_EXIT, _SIGTERM_EXIT = 128 + signal.SIGINT, 128 + signal.SIGTERM
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C's KeyboardInterrupt, so that a run stops the same way."""
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """Within the block, SIGTERM raises `Terminated` (in the main thread; elsewhere signals cannot be caught)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(*_: object) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def load_pipeline(config: LensConfig, ranks: Ranks | None = None) -> Pipeline:
@@ -89,7 +117,7 @@ def run_lens(
             "this config, or call coglens.lens.run.discovery.write_module_log"
         )
     ranks = ranks or Ranks.from_env()
-    with ProcessGroup(ranks) as group:
+    with _sigterm_raises(), ProcessGroup(ranks) as group:
         return _LensRun(config, ranks, group, default_run_name, show_progress).execute(pipeline)
 
 
@@ -121,6 +149,13 @@ class _LensRun:
     def execute(self, pipeline: Pipeline | None) -> LensSummary:
         config = self.config
         samples = collect_samples(config)
+        target = shard_path(config.output, self.ranks)
+        # a second process on the same SQLite run is refused before its model loads
+        with contextlib.nullcontext() if self.shared else run_lock(target, self.run_name):
+            return self._execute(pipeline, samples, target)
+
+    def _execute(self, pipeline: Pipeline | None, samples: list[LensSample], target: str) -> LensSummary:
+        config = self.config
         started = time.perf_counter()
         pipe = pipeline or load_pipeline(config, self.ranks)
         load_seconds = time.perf_counter() - started
@@ -150,13 +185,15 @@ class _LensRun:
         self._explain_forward(capturer)
         settings = self._settings(pipe)
         mine = self.ranks.share(samples)
-        target = shard_path(config.output, self.ranks)
         writer = open_writer(target, config.output_format)
         try:
-            run_id = self._start_run(writer, pipe, settings)
-            done = writer.completed_sample_keys(run_id)
+            try:
+                run_id = self._start_run(writer, pipe, settings)
+                done = writer.completed_sample_keys(run_id)
+            except SQLAlchemyError as error:  # locked for too long, disk full, connection lost
+                raise write_failure(writer.name, error) from None
             todo = [sample for sample in mine if sample.key not in done]
-            outcome = self._extract_marking_status(writer, run_id, todo, processor, capturer)
+            outcome = self._extract_marking_status(writer, run_id, todo, processor, capturer, len(mine))
         finally:
             writer.close()
         summary = LensSummary(
@@ -193,6 +230,7 @@ class _LensRun:
     def _settings(self, pipe: Pipeline) -> dict[str, Any]:
         """The config as stored with the run: every setting, plus the dtype the model actually ran in."""
         settings = self.config.to_dict()
+        settings["output"] = without_password(self.config.output)  # credentials are never stored
         settings["model_dtype"] = str(pipe.dtype).removeprefix("torch.")
         return settings
 
@@ -225,12 +263,23 @@ class _LensRun:
         todo: Sequence[LensSample],
         processor: CogvlmProcessor,
         capturer: BatchCapturer,
+        total: int,
     ) -> _Outcome:
         try:
             outcome = self._extract(writer, run_id, todo, processor, capturer)
-        except KeyboardInterrupt:
-            writer.mark_interrupted(run_id)
-            raise
+        except KeyboardInterrupt as interrupt:
+            with contextlib.suppress(LensStoreError, SQLAlchemyError):
+                writer.mark_interrupted(run_id)
+            terminated = isinstance(interrupt, Terminated)
+            raise RunStoppedError(
+                f"interrupted by {'SIGTERM' if terminated else 'SIGINT (Ctrl-C)'}: {self._kept(writer, run_id, total)}",
+                exit_code=_SIGTERM_EXIT if terminated else _SIGINT_EXIT,
+            ) from None
+        except LensWriteError as error:
+            with contextlib.suppress(LensStoreError, SQLAlchemyError):
+                writer.mark_failed(run_id, str(error))
+            hint = "free some space, then " if error.full else ""
+            raise RunStoppedError(f"{error}. {self._kept(writer, run_id, total, hint)}") from None
         except BaseException as error:
             with contextlib.suppress(LensStoreError, SQLAlchemyError):  # the original error matters more
                 writer.mark_failed(run_id, f"{type(error).__name__}: {error}")
@@ -239,6 +288,17 @@ class _LensRun:
         if not self.shared or self.ranks.is_main:
             writer.mark_finished(run_id)
         return outcome
+
+    def _kept(self, writer: LensWriter, run_id: int, total: int, hint: str = "") -> str:
+        """What a stopped run leaves behind, and how to go on."""
+        try:
+            stored = f"{len(writer.completed_sample_keys(run_id))} of {total} samples"
+        except (LensStoreError, SQLAlchemyError):
+            stored = "the samples written so far"
+        return (
+            f"{stored} of run {self.run_name!r} are stored in {writer.name}, each complete; "
+            f"{hint}rerun the same command to resume"
+        )
 
     def _extract(
         self,

@@ -5,6 +5,7 @@ Every failure to reach the database becomes a `LensDatabaseError` that names the
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -12,9 +13,9 @@ from typing import TypeVar
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
 
-from coglens.lens.store.errors import LensDatabaseError
+from coglens.lens.store.errors import LensDatabaseError, LensWriteError
 
 # WAL lets readers work while a run writes; synchronous=NORMAL is durable across application crashes in WAL
 # mode (only an OS crash can lose the last commits, never corrupt the file).
@@ -27,6 +28,10 @@ _SQLITE_PRAGMAS = (
     "mmap_size=268435456",
     "busy_timeout=30000",
 )
+
+_SQLITE_FULL = 13  # SQLITE_FULL: "database or disk is full"
+_PG_DISK_FULL = "53100"
+_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 # Below SQLite's and PostgreSQL's bound-parameter limits for `IN (...)` lists.
 IN_CHUNK = 500
@@ -46,14 +51,54 @@ def database_url(target: str | os.PathLike[str]) -> URL:
     if "://" in text:
         try:
             return make_url(text)
-        except ArgumentError as error:
-            raise LensDatabaseError(f"malformed database URL {text!r}: {error}") from None
+        except (ArgumentError, ValueError):  # a message may quote the URL, password and all
+            scheme = text.partition("://")[0]
+            raise LensDatabaseError(
+                f"malformed database URL ({scheme}://...): expected {scheme}://USER:PASSWORD@HOST:PORT/DATABASE"
+            ) from None
     return URL.create("sqlite", database=str(Path(text).expanduser().absolute()))
 
 
 def describe(url: URL) -> str:
     """How to name the database in messages: the file path, or the URL without its password."""
-    return url.database if url.get_backend_name() == "sqlite" and url.database else url.render_as_string()
+    return url.database if url.get_backend_name() == "sqlite" and url.database else without_password(url)
+
+
+def without_password(target: str | os.PathLike[str] | URL) -> str:
+    """A database URL as text with its credentials left out (the password, in the userinfo or in the query), so
+    that it can be stored or shown; a file path stays as it is."""
+    if not isinstance(target, URL):
+        if "://" not in os.fspath(target):
+            return os.fspath(target)
+        target = database_url(target)
+    url = target._replace(password=None).difference_update_query(["password"])
+    return url.render_as_string(hide_password=False)
+
+
+def write_failure(name: str, error: BaseException) -> LensWriteError:
+    """A failed write to the database `name` (disk full, locked, connection lost) as one clear error."""
+    full = is_storage_full(error)
+    cause = getattr(error, "orig", None) or error  # the driver's words, without SQLAlchemy's SQL dump
+    if full:
+        what = "the disk (or the database's size limit) is full"
+    elif "database is locked" in str(cause):
+        what = "another process kept the database locked for longer than the 30 s this one waits"
+    else:
+        what = f"{type(cause).__name__}: {cause}"
+    wrapped = LensWriteError(f"writing to {name} failed: {what}", full=full)
+    wrapped.__cause__ = error
+    return wrapped
+
+
+def is_storage_full(error: BaseException) -> bool:
+    """Whether a write failed because the disk (or the database's size limit) is full: SQLite's SQLITE_FULL,
+    PostgreSQL's disk_full (SQLSTATE 53100), or ENOSPC/EDQUOT/EFBIG from the operating system."""
+    if isinstance(error, OperationalError):
+        error = error.orig
+    if isinstance(error, OSError):
+        return error.errno in _FULL_ERRNOS
+    code = getattr(error, "sqlite_errorcode", None) or getattr(error, "sqlstate", None)
+    return code in (_SQLITE_FULL, _PG_DISK_FULL)
 
 
 def _check_sqlite_path(url: URL, *, create: bool) -> None:
@@ -72,7 +117,7 @@ def _check_sqlite_path(url: URL, *, create: bool) -> None:
         raise LensDatabaseError(f"no database at {path}: check the path (a lens run writes it first)")
 
 
-def _configure_sqlite(sql_engine: Engine) -> None:
+def _configure_sqlite(sql_engine: Engine, *, writer: bool) -> None:
     @event.listens_for(sql_engine, "connect")
     def _on_connect(dbapi_connection, _record) -> None:
         # Let SQLAlchemy, not the sqlite3 module, decide where transactions begin (see "begin" below).
@@ -85,7 +130,9 @@ def _configure_sqlite(sql_engine: Engine) -> None:
     @event.listens_for(sql_engine, "begin")
     def _on_begin(connection) -> None:
         # sqlite3 would only BEGIN at the first INSERT/DELETE, leaving earlier SELECTs outside the transaction.
-        connection.exec_driver_sql("BEGIN")
+        # A writer takes the write lock at once (IMMEDIATE): waiting for it honours busy_timeout, whereas a read
+        # transaction that later writes fails at once with "database is locked" if another process wrote meanwhile.
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")
 
 
 def create_sql_engine(target: str | os.PathLike[str], *, create: bool) -> tuple[Engine, str]:
@@ -103,7 +150,7 @@ def create_sql_engine(target: str | os.PathLike[str], *, create: bool) -> tuple[
             "and use a postgresql+psycopg:// URL"
         ) from None
     if is_sqlite:
-        _configure_sqlite(sql_engine)
+        _configure_sqlite(sql_engine, writer=create)
     try:
         with sql_engine.connect():
             pass

@@ -42,3 +42,25 @@ class UnsupportedDtypeError(LensStoreError, TypeError):
 class FormatError(LensStoreError, ValueError):
     """An unknown output/export format, an export path whose format cannot be inferred, or data the chosen
     format cannot hold."""
+
+
+class LensWriteError(LensStoreError):
+    """Writing to the database failed (disk full, database locked, connection lost); `full` says whether it was
+    for want of space. The rows written before stay stored."""
+
+    def __init__(self, message: str, *, full: bool = False) -> None:
+        super().__init__(message)
+        self.full = full
+
+
+class RunLockedError(LensStoreError):
+    """Another process is writing the same run of the same database right now."""
+
+
+class RunStoppedError(LensStoreError):
+    """A lens run that stopped before the end (a signal, a write failure): the message says what was kept and how
+    to resume; `exit_code` is the one a command should end with (130 for SIGINT, 143 for SIGTERM, else 1)."""
+
+    def __init__(self, message: str, *, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

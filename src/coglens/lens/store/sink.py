@@ -2,7 +2,8 @@
 
 The queue is bounded: when the database is slower than the model, the producer waits instead of piling up
 captured tensors in memory. A write error stops further writes and is raised in the producer's thread at its
-next `put` (or on exit). On exit, batches already handed over are still written (they are complete), then the
+next `put` (or on exit); a database or disk failure is raised as a `LensWriteError` that names the database.
+On exit, batches already handed over are still written (they are complete), then the
 thread ends.
 """
 
@@ -12,6 +13,9 @@ import queue
 import threading
 from dataclasses import dataclass
 
+from sqlalchemy.exc import SQLAlchemyError
+
+from coglens.lens.store.connection import write_failure
 from coglens.lens.store.records import BatchResult
 from coglens.lens.store.writer import LensWriter
 
@@ -59,6 +63,9 @@ class BackgroundWriter:
                 continue  # keep draining so a waiting producer is never blocked
             try:
                 self.writer.write_batch(self.run_id, item.samples, item.activations)
+            except (SQLAlchemyError, OSError) as error:
+                self._error = write_failure(self.writer.name, error)
+                continue
             except BaseException as error:  # noqa: BLE001 - handed to the producer thread, re-raised there
                 self._error = error
                 continue
