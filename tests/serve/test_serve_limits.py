@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -99,3 +100,17 @@ def test_request_timeout_is_a_504_naming_its_flag():
                           json={"inputs": "Go on.", "parameters": {"max_new_tokens": 1500}}, timeout=30) as stream:
             events = [line for line in stream.iter_lines() if line.startswith("data:")]
         assert '"error_type":"generation"' in events[-1] and "--request-timeout" in events[-1]
+        # after the 200, every protocol reports the failure in-band, in its own shape, as the last event
+        streams = {"/v1/chat/completions": _chat(stream=True, **LONG),
+                   "/v1/completions": {"prompt": "Go on.", "stream": True, **LONG},
+                   "/v2/models/tiny:cogvlm2/generate_stream": {"text_input": "Go on.",
+                                                               "parameters": {"max_new_tokens": 1500}},
+                   "/generate": {"prompt": "Go on.", "stream": True, "max_tokens": 1500, "ignore_eos": True}}
+        for path, body in streams.items():
+            with httpx.stream("POST", f"{impatient.url}{path}", json=body, timeout=30) as stream:
+                assert stream.status_code == 200
+                lines = [line.removeprefix("data: ") for line in stream.iter_lines() if line.strip()]
+            if lines[-1] == "[DONE]":  # OpenAI: the error event, then [DONE]
+                lines.pop()
+            error = json.loads(lines[-1])["error"]
+            assert "--request-timeout" in (error if isinstance(error, str) else error["message"]), path

@@ -49,6 +49,7 @@ class RequestGroup:
         self.deadline = deadline
         self.submitted_at = time.monotonic()
         self.timed_out = False
+        self.generated_tokens = 0  # tokens the consumer has been given (the access log's completion tokens)
         self._scheduler = scheduler
         self._index = {rid: i for i, rid in enumerate(self.request_ids)}
         self._loop = asyncio.get_running_loop()
@@ -67,6 +68,7 @@ class RequestGroup:
                 if event.finish_reason == "abort":
                     self._open.discard(event.request_id)
                     raise self._abort_error()
+                self.generated_tokens += event.token_id is not None
                 yield index, event
                 if event.finished:
                     self._open.discard(event.request_id)

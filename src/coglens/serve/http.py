@@ -8,6 +8,7 @@ also bounds the body size while it streams in.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -20,6 +21,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from ..engine import RequestGroup
 from .errors import (
     BodyTimeoutError,
     ClientClosedError,
@@ -192,6 +194,26 @@ class EventStreamResponse(StreamingResponse):
             aclose = getattr(self.body_iterator, "aclose", None)
             if aclose is not None:
                 await aclose()
+
+
+async def in_band_errors(request: Request, group: RequestGroup, events: AsyncIterator[str],
+                         error_event: Callable[[ServeError], str], *, end: str | None = None) -> AsyncIterator[str]:
+    """``events``, then ``end``; if producing them fails, ``error_event(error)`` first: the 200 is sent by then,
+    so a failure can only be reported in the stream, as each protocol does. Whatever happens, the group's
+    unfinished requests are aborted and its tokens counted for the access log."""
+    try:
+        async with contextlib.aclosing(events):
+            async for item in events:
+                yield item
+    except Exception as exc:
+        error = to_serve_error(exc)
+        request.state.error = error.message
+        yield error_event(error)
+    finally:
+        group.cancel()
+        request.state.completion_tokens = group.generated_tokens
+    if end is not None:
+        yield end
 
 
 def sse(payload: str) -> str:

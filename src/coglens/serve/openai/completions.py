@@ -16,12 +16,12 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from ...engine import RequestGroup
-from ..errors import InvalidRequestError, to_serve_error
-from ..http import EventStreamResponse, now, sse
+from ..errors import InvalidRequestError
+from ..http import EventStreamResponse, in_band_errors, now, sse
 from ..messages import completion_prompt
 from ..service import Completion, GenerationService, PreparedPrompt
 from .protocol import CompletionChoice, CompletionRequest, CompletionResponse, LegacyLogprobs, Usage
-from .serving import PROTOCOL, error_body, finish_reason, usage_of
+from .serving import PROTOCOL, error_event, finish_reason, usage_of
 
 BASE_TEMPLATE = "base"
 
@@ -47,7 +47,8 @@ class OpenAIServingCompletion:
         answer = CompletionResponse(id=f"cmpl-{uuid.uuid4().hex}", created=now(),
                                     model=body.model or service.model_name, choices=[])
         if body.stream:
-            return EventStreamResponse(self._stream(body, group, prompt, answer, request))
+            chunks = self._stream(body, group, prompt, answer)
+            return EventStreamResponse(in_band_errors(request, group, chunks, error_event, end=sse("[DONE]")))
         completions = await service.collect(group)
         request.state.completion_tokens = sum(c.completion_tokens for c in completions)
         answer.usage = usage_of(prompt.prompt_tokens, request.state.completion_tokens)
@@ -89,7 +90,7 @@ class OpenAIServingCompletion:
         return out
 
     async def _stream(self, body: CompletionRequest, group: RequestGroup, prompt: PreparedPrompt,
-                      answer: CompletionResponse, request: Request) -> AsyncIterator[str]:
+                      answer: CompletionResponse) -> AsyncIterator[str]:
         """One chunk per token; with ``echo`` a choice's first chunk starts with the prompt (and its logprobs)."""
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
@@ -99,30 +100,19 @@ class OpenAIServingCompletion:
                 del payload["usage"]
             return sse(json.dumps(payload, ensure_ascii=False))
 
-        generated = 0
         offsets = [0] * len(group.request_ids)
         started: set[int] = set()
-        try:
-            async for index, event in group.events():
-                generated += event.token_id is not None
-                echo = body.echo and index not in started
-                started.add(index)
-                text = (prompt.text if echo else "") + event.text
-                logprobs = None
-                if body.logprobs is not None and (echo or event.token_id is not None):
-                    logprobs = await self._legacy_logprobs(prompt, Completion.of([event], prompt.prompt_tokens),
-                                                           echo=echo, offset=offsets[index])
-                offsets[index] += len(text)
-                reason = finish_reason(event.finish_reason) if event.finish_reason else None
-                if text or logprobs is not None or reason is not None:
-                    yield chunk([CompletionChoice(index=index, text=text, logprobs=logprobs, finish_reason=reason)])
-            if include_usage:
-                yield chunk([], usage_of(prompt.prompt_tokens, generated))
-        except Exception as exc:  # the 200 is sent: report the failure in-band, as OpenAI-compatible servers do
-            error = to_serve_error(exc)
-            request.state.error = error.message
-            yield sse(error_body(error).model_dump_json())
-        finally:
-            group.cancel()
-            request.state.completion_tokens = generated
-        yield sse("[DONE]")
+        async for index, event in group.events():
+            echo = body.echo and index not in started
+            started.add(index)
+            text = (prompt.text if echo else "") + event.text
+            logprobs = None
+            if body.logprobs is not None and (echo or event.token_id is not None):
+                logprobs = await self._legacy_logprobs(prompt, Completion.of([event], prompt.prompt_tokens),
+                                                       echo=echo, offset=offsets[index])
+            offsets[index] += len(text)
+            reason = finish_reason(event.finish_reason) if event.finish_reason else None
+            if text or logprobs is not None or reason is not None:
+                yield chunk([CompletionChoice(index=index, text=text, logprobs=logprobs, finish_reason=reason)])
+        if include_usage:
+            yield chunk([], usage_of(prompt.prompt_tokens, group.generated_tokens))

@@ -14,8 +14,8 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from ...engine import RequestGroup, TokenEvent
-from ..errors import InvalidRequestError, ServeError, to_serve_error
-from ..http import EventStreamResponse, now, sse
+from ..errors import InvalidRequestError, ServeError
+from ..http import EventStreamResponse, in_band_errors, now, sse
 from ..messages import Message, split_parts, to_conversation
 from ..service import GenerationService
 from .protocol import (
@@ -69,8 +69,8 @@ class OpenAIServingChat:
         model = body.model or service.model_name
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return EventStreamResponse(self._stream(group, completion_id, model, include_usage, body.logprobs,
-                                                    request))
+            chunks = self._stream(group, completion_id, model, include_usage, body.logprobs)
+            return EventStreamResponse(in_band_errors(request, group, chunks, error_event, end=sse("[DONE]")))
         return JSONResponse((await self._complete(group, completion_id, model, body.logprobs, request)).model_dump())
 
     async def _complete(self, group: RequestGroup, completion_id: str, model: str, logprobs: bool,
@@ -95,7 +95,7 @@ class OpenAIServingChat:
         return ChoiceLogprobs(content=content)
 
     async def _stream(self, group: RequestGroup, completion_id: str, model: str, include_usage: bool,
-                      logprobs: bool, request: Request) -> AsyncIterator[str]:
+                      logprobs: bool) -> AsyncIterator[str]:
         created = now()
 
         def chunk(choices: list[ChunkChoice], usage: Usage | None = None) -> str:
@@ -112,28 +112,17 @@ class OpenAIServingChat:
                 return None
             return await self._logprobs([event.token_id], [float(event.logprob or 0.0)], [event.top_logprobs])
 
-        generated = 0
-        try:
-            for index in range(len(group.request_ids)):
-                yield chunk([ChunkChoice(index=index, delta=Delta(role="assistant", content=""))])
-            async for index, event in group.events():
-                generated += event.token_id is not None
-                token_logprob = await token_logprobs(event)
-                if event.text or token_logprob is not None:
-                    yield chunk([ChunkChoice(index=index, delta=Delta(content=event.text), logprobs=token_logprob)])
-                if event.finish_reason is not None:
-                    reason = finish_reason(event.finish_reason)
-                    yield chunk([ChunkChoice(index=index, delta=Delta(), finish_reason=reason)])
-            if include_usage:
-                yield chunk([], usage_of(group.prompt_tokens, generated))
-        except Exception as exc:  # the 200 is sent: report the failure in-band, as OpenAI-compatible servers do
-            error = to_serve_error(exc)
-            request.state.error = error.message
-            yield sse(error_body(error).model_dump_json())
-        finally:
-            group.cancel()
-            request.state.completion_tokens = generated
-        yield sse("[DONE]")
+        for index in range(len(group.request_ids)):
+            yield chunk([ChunkChoice(index=index, delta=Delta(role="assistant", content=""))])
+        async for index, event in group.events():
+            token_logprob = await token_logprobs(event)
+            if event.text or token_logprob is not None:
+                yield chunk([ChunkChoice(index=index, delta=Delta(content=event.text), logprobs=token_logprob)])
+            if event.finish_reason is not None:
+                reason = finish_reason(event.finish_reason)
+                yield chunk([ChunkChoice(index=index, delta=Delta(), finish_reason=reason)])
+        if include_usage:
+            yield chunk([], usage_of(group.prompt_tokens, group.generated_tokens))
 
 
 def to_messages(messages: list[ChatMessage]) -> list[Message]:
@@ -162,6 +151,10 @@ def usage_of(prompt_tokens: int, completion_tokens: int) -> Usage:
 
 def finish_reason(reason: str) -> str:
     return "length" if reason == "length" else "stop"
+
+
+def error_event(error: ServeError) -> str:
+    return sse(error_body(error).model_dump_json())
 
 
 def error_body(error: ServeError) -> ErrorResponse:

@@ -9,8 +9,8 @@ from fastapi.responses import JSONResponse
 
 from ... import __version__
 from ...engine import RequestGroup
-from ..errors import InvalidRequestError, ServeError, limit_error, to_serve_error
-from ..http import EventStreamResponse, sse
+from ..errors import InvalidRequestError, ServeError, limit_error
+from ..http import EventStreamResponse, in_band_errors, sse
 from ..messages import completion_prompt
 from ..service import Completion, GenerationService, PreparedPrompt
 from .protocol import (
@@ -106,33 +106,26 @@ class TGIServing:
 
     async def generate_stream(self, body: TGIGenerateRequest, request: Request) -> EventStreamResponse:
         group, prompt = await self.start(body, request, stream=True)
-        return EventStreamResponse(self._events(body, group, prompt, request))
+        return EventStreamResponse(in_band_errors(request, group, self._events(body, group, prompt),
+                                                  lambda error: sse(error_body(error).model_dump_json())))
 
-    async def _events(self, body: TGIGenerateRequest, group: RequestGroup, prompt: PreparedPrompt,
-                      request: Request) -> AsyncIterator[str]:
+    async def _events(self, body: TGIGenerateRequest, group: RequestGroup,
+                      prompt: PreparedPrompt) -> AsyncIterator[str]:
         parameters = body.parameters
         pieces: list[str] = []
-        try:
-            async for _, event in group.events():
-                pieces.append(event.text)
-                final = event.finish_reason is not None
-                details = StreamDetails(finish_reason=self._finish(event.finish_reason, event.token_id),
-                                        generated_tokens=event.index + 1, input_length=prompt.prompt_tokens,
-                                        seed=parameters.seed) if final and parameters.details else None
-                alternatives = list(event.top_logprobs) if event.token_id is not None else []
-                texts = await self.service.token_texts([i for i, _ in alternatives]) if alternatives else []
-                payload = StreamResponse(
-                    index=event.index, token=self._token(event.token_id, event.text, event.logprob),
-                    generated_text=self._text(body, prompt, "".join(pieces)) if final else None, details=details,
-                    top_tokens=[self._token(i, text, lp) for (i, lp), text in zip(alternatives, texts, strict=True)])
-                yield sse(payload.model_dump_json())
-        except Exception as exc:  # the 200 is sent: TGI reports the failure as a last event
-            error = to_serve_error(exc)
-            request.state.error = error.message
-            yield sse(error_body(error).model_dump_json())
-        finally:
-            group.cancel()
-            request.state.completion_tokens = len(pieces)
+        async for _, event in group.events():
+            pieces.append(event.text)
+            final = event.finish_reason is not None
+            details = StreamDetails(finish_reason=self._finish(event.finish_reason, event.token_id),
+                                    generated_tokens=event.index + 1, input_length=prompt.prompt_tokens,
+                                    seed=parameters.seed) if final and parameters.details else None
+            alternatives = list(event.top_logprobs) if event.token_id is not None else []
+            texts = await self.service.token_texts([i for i, _ in alternatives]) if alternatives else []
+            payload = StreamResponse(
+                index=event.index, token=self._token(event.token_id, event.text, event.logprob),
+                generated_text=self._text(body, prompt, "".join(pieces)) if final else None, details=details,
+                top_tokens=[self._token(i, text, lp) for (i, lp), text in zip(alternatives, texts, strict=True)])
+            yield sse(payload.model_dump_json())
 
     def info(self) -> Info:
         """What TGI's ``GET /info`` reports, from this server's engine and limits."""

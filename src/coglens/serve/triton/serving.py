@@ -14,8 +14,8 @@ from fastapi.responses import JSONResponse
 
 from ... import __version__
 from ...engine import RequestGroup
-from ..errors import InvalidRequestError, ServeError, to_serve_error
-from ..http import EventStreamResponse, sse
+from ..errors import InvalidRequestError, ServeError
+from ..http import EventStreamResponse, in_band_errors, sse
 from ..messages import completion_prompt
 from ..service import GenerationService, PreparedPrompt
 from .protocol import (
@@ -75,27 +75,20 @@ class TritonServing:
 
     async def generate_stream(self, model: str, body: TritonGenerateRequest, request: Request) -> EventStreamResponse:
         run = await self.start(model, body, request)
-        return EventStreamResponse(self._events(model, body, run, request))
+        return EventStreamResponse(in_band_errors(
+            request, run.group, self._events(model, body, run),
+            lambda error: sse(ErrorResponse(error=error.message).model_dump_json())))
 
-    async def _events(self, model: str, body: TritonGenerateRequest, run: _Run,
-                      request: Request) -> AsyncIterator[str]:
+    async def _events(self, model: str, body: TritonGenerateRequest, run: _Run) -> AsyncIterator[str]:
         token_ids: list[int] = []
         seconds: list[float] = []
-        try:
-            async for _, event in run.group.events():
-                if event.token_id is not None:
-                    token_ids.append(event.token_id)
-                    seconds.append(event.seconds)
-                details = _details(body, run, event.finish_reason, token_ids, seconds) if event.finished else None
-                payload = GenerateResponse(model_name=model, id=run.request_id, text_output=event.text, details=details)
-                yield sse(payload.model_dump_json(exclude_none=True))
-        except Exception as exc:  # the 200 is sent: report the failure as a last event
-            error = to_serve_error(exc)
-            request.state.error = error.message
-            yield sse(ErrorResponse(error=error.message).model_dump_json())
-        finally:
-            run.group.cancel()
-            request.state.completion_tokens = len(token_ids)
+        async for _, event in run.group.events():
+            if event.token_id is not None:
+                token_ids.append(event.token_id)
+                seconds.append(event.seconds)
+            details = _details(body, run, event.finish_reason, token_ids, seconds) if event.finished else None
+            payload = GenerateResponse(model_name=model, id=run.request_id, text_output=event.text, details=details)
+            yield sse(payload.model_dump_json(exclude_none=True))
 
 
 class KServe:

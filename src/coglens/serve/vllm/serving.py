@@ -10,8 +10,8 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from ...engine import RequestGroup
-from ..errors import ServeError, to_serve_error
-from ..http import EventStreamResponse
+from ..errors import ServeError
+from ..http import EventStreamResponse, in_band_errors
 from ..messages import completion_prompt
 from ..service import GenerationService, PreparedPrompt
 from .protocol import ErrorInfo, ErrorResponse, GenerateResponse, VLLMGenerateRequest
@@ -40,23 +40,15 @@ class VLLMServing:
 
     async def generate_stream(self, body: VLLMGenerateRequest, request: Request) -> EventStreamResponse:
         group, prompt = await self.start(body, request)
-        return EventStreamResponse(self._lines(group, prompt, request), media_type=NDJSON)
+        return EventStreamResponse(in_band_errors(request, group, self._lines(group, prompt),
+                                                  lambda error: error_body(error).model_dump_json() + "\n"),
+                                   media_type=NDJSON)
 
-    async def _lines(self, group: RequestGroup, prompt: PreparedPrompt, request: Request) -> AsyncIterator[str]:
+    async def _lines(self, group: RequestGroup, prompt: PreparedPrompt) -> AsyncIterator[str]:
         texts = [prompt.text] * len(group.request_ids)
-        generated = 0
-        try:
-            async for index, event in group.events():
-                generated += event.token_id is not None
-                texts[index] += event.text
-                yield json.dumps(GenerateResponse(text=texts).model_dump(), ensure_ascii=False) + "\n"
-        except Exception as exc:  # the 200 is sent: the failure goes out as a last line
-            error = to_serve_error(exc)
-            request.state.error = error.message
-            yield error_body(error).model_dump_json() + "\n"
-        finally:
-            group.cancel()
-            request.state.completion_tokens = generated
+        async for index, event in group.events():
+            texts[index] += event.text
+            yield json.dumps(GenerateResponse(text=texts).model_dump(), ensure_ascii=False) + "\n"
 
 
 def error_body(error: ServeError) -> ErrorResponse:
