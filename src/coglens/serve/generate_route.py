@@ -33,7 +33,7 @@ router = APIRouter(route_class=protocol_route(tgi_serving.PROTOCOL, _render),
 @router.post("/generate", openapi_extra=json_body(TGIGenerateRequest, VLLMGenerateRequest),
              summary="TGI (body with `inputs`) or vLLM (body with `prompt`) generation")
 async def generate(request: Request) -> Response:
-    data = await read_json(request, request.app.state.service.limits.max_body_bytes)
+    data = await read_json(request)
     if isinstance(data, dict) and "prompt" in data and "inputs" not in data:
         request.state.protocol = vllm_serving.PROTOCOL
         return await vllm_router.generate(request, data)

@@ -59,10 +59,11 @@ def protocol_route(protocol: str, render: ErrorRenderer) -> type[APIRoute]:
     return ProtocolRoute
 
 
-async def read_json(request: Request, max_bytes: int) -> Any:
-    """The request body as JSON, read within ``max_bytes`` and ``--body-timeout``, whatever its Content-Type says,
-    and checked for nesting depth and invalid Unicode before any model sees it."""
+async def read_json(request: Request) -> Any:
+    """The request body as JSON, read within ``--max-body-mb`` and ``--body-timeout`` whatever its Content-Type
+    says, and checked for nesting depth and invalid Unicode before any model sees it."""
     limits: ServeLimits = request.app.state.service.limits
+    max_bytes = limits.max_body_bytes
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes:
         raise limit_error(f"the request body is {int(declared)} bytes", "max_body_bytes", mib(max_bytes))

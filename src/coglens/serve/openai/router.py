@@ -35,13 +35,13 @@ async def get_model(model: str, request: Request) -> ModelCard:
 @router.post("/v1/chat/completions", openapi_extra=json_body(ChatCompletionRequest),
              summary="Chat completion (JSON, or server-sent events with stream=true)")
 async def chat_completions(request: Request) -> Response:
-    body = parse(ChatCompletionRequest, await read_json(request, request.app.state.service.limits.max_body_bytes))
+    body = parse(ChatCompletionRequest, await read_json(request))
     return await cancel_on_disconnect(request, _serving(request).create(body, request))
 
 
 @router.post("/v1/completions", openapi_extra=json_body(CompletionRequest),
              summary="Legacy text completion: the prompt continued as is (JSON, or server-sent events)")
 async def completions(request: Request) -> Response:
-    body = parse(CompletionRequest, await read_json(request, request.app.state.service.limits.max_body_bytes))
+    body = parse(CompletionRequest, await read_json(request))
     serving: OpenAIServingCompletion = request.app.state.openai_completions
     return await cancel_on_disconnect(request, serving.create(body, request))

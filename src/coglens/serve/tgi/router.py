@@ -37,14 +37,14 @@ async def generate(request: Request, data: Any, *, as_list: bool = False) -> Res
 @router.post("/generate_stream", openapi_extra=json_body(TGIGenerateRequest),
              summary="TGI: generate, streaming token events (server-sent events)")
 async def generate_stream(request: Request) -> Response:
-    body = parse(TGIGenerateRequest, await read_json(request, request.app.state.service.limits.max_body_bytes))
+    body = parse(TGIGenerateRequest, await read_json(request))
     return await _serving(request).generate_stream(body, request)
 
 
 @router.post("/", openapi_extra=json_body(TGIGenerateRequest),
              summary="TGI compat route (huggingface_hub posts here): streams when the body says stream=true")
 async def compat_generate(request: Request) -> Response:
-    return await generate(request, await read_json(request, request.app.state.service.limits.max_body_bytes),
+    return await generate(request, await read_json(request),
                           as_list=True)
 
 

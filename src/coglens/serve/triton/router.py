@@ -43,7 +43,7 @@ async def _body(request: Request) -> object:
         raise InvalidRequestError(
             "binary tensor data (Inference-Header-Content-Length) is not supported; send JSON tensors "
             "(tritonclient: set_data_from_numpy(..., binary_data=False))", param="inputs")
-    return await read_json(request, request.app.state.service.limits.max_body_bytes)
+    return await read_json(request)
 
 
 @router.post(f"{MODEL}/generate", openapi_extra=json_body(TritonGenerateRequest),
