@@ -44,8 +44,7 @@ async def generate_stream(request: Request) -> Response:
 @router.post("/", openapi_extra=json_body(TGIGenerateRequest),
              summary="TGI compat route (huggingface_hub posts here): streams when the body says stream=true")
 async def compat_generate(request: Request) -> Response:
-    return await generate(request, await read_json(request),
-                          as_list=True)
+    return await generate(request, await read_json(request), as_list=True)
 
 
 @router.get("/info", response_model=Info, summary="TGI: the served model and the server's limits")
