@@ -178,15 +178,17 @@ def test_requests_that_would_break_a_batch_are_refused_at_add(pipe):
     assert pipe.engine.generate([good])[0].finish_reason == "length"  # the engine was not disturbed
 
 
-@pytest.mark.parametrize("fields", [{"temperature": 1e-40}, {"repetition_penalty": 1e-39}])
+@pytest.mark.parametrize("fields", [{"temperature": 1e-40}, {"repetition_penalty": 1e-39}, {"top_p": 1e-50},
+                                    {"typical_p": 1e-50}])
 def test_extreme_values_sample_without_breaking_the_step(pipe, fields):
+    penalty = {k: v for k, v in fields.items() if k == "repetition_penalty"}
     greedy = pipe.engine.generate([_request(pipe, "Hello there", SamplingParams(
-        max_new_tokens=6, ignore_eos=True, **{k: v for k, v in fields.items() if k != "temperature"}))])[0]
+        max_new_tokens=6, ignore_eos=True, **penalty))])[0]
     sampled = pipe.engine.generate([_request(pipe, "Hello there", SamplingParams(
         max_new_tokens=6, do_sample=True, seed=0, ignore_eos=True, **fields))])[0]
     assert all(math.isfinite(x) for x in greedy.logprobs + sampled.logprobs)
-    if "temperature" in fields:
-        assert sampled.token_ids == greedy.token_ids  # almost no temperature is greedy
+    if "temperature" in fields or "top_p" in fields:  # only the likeliest token is left (typical_p keeps the
+        assert sampled.token_ids == greedy.token_ids  # most typical one, not the likeliest)
 
 
 def test_stop_string_hold_back():
