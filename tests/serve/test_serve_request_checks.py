@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import socket
+import struct
 import time
+import zlib
 from collections.abc import Iterator
 
 import httpx
@@ -25,7 +27,8 @@ ROUTES = (("/v1/chat/completions", lambda text: {"messages": [{"role": "user", "
 
 @pytest.fixture(scope="module")
 def checked() -> Iterator[Server]:
-    limits = ServeLimits(max_prompt_tokens=20, max_media_parts=3, body_timeout_s=1.0, max_json_depth=8)
+    limits = ServeLimits(max_prompt_tokens=60, max_media_parts=3, body_timeout_s=1.0, max_json_depth=8,
+                         max_request_pixels=10_000, max_n=2)
     with run_server(ServeSettings(model="tiny:cogvlm2", device="cpu", limits=limits)) as server:
         yield server
 
@@ -107,11 +110,57 @@ def test_media_are_counted_before_any_is_read(checked):
 
 def test_prompt_length_is_checked_before_images_are_decoded(checked):
     """A garbage image behind a prompt that is too long: the (cheap) length error comes, not the decode error."""
-    content = [{"type": "image_url", "image_url": {"url": GARBAGE_PNG}}, {"type": "text", "text": "word " * 15}]
+    content = [{"type": "image_url", "image_url": {"url": GARBAGE_PNG}}, {"type": "text", "text": "word " * 60}]
     response = httpx.post(f"{checked.url}/v1/chat/completions",
                           json={"messages": [{"role": "user", "content": content}]})
     assert response.status_code == 413, response.text
     assert "--max-prompt-tokens" in _error(response)
+
+
+def _png(width: int, height: int, idat: bytes) -> str:
+    """A PNG whose header says ``width`` x ``height`` and whose image data is ``idat`` (garbage, if wanted)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    return data_url(png, "image/png")
+
+
+def _image_turns(*urls: str) -> list[dict]:
+    turns = [m for url in urls for m in ({"role": "user", "content": [{"type": "image_url", "image_url": url}]},
+                                         {"role": "assistant", "content": "ok"})]
+    *earlier, last = turns[:-1]  # ends with the last image's user turn, which gets the question too
+    return [*earlier, {"role": "user", "content": [*last["content"], {"type": "text", "text": "hi"}]}]
+
+
+@pytest.mark.parametrize(("fields", "status", "words"), [
+    ({"n": 3}, 413, "--max-n"),
+    ({"seed": 2**63 - 1, "n": 2}, 400, "seed+i"),
+    ({"max_tokens": 5000}, 400, "max_tokens"),
+])
+def test_choices_seed_and_budget_are_checked_before_any_image_is_read(checked, fields, status, words):
+    body = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": GARBAGE_PNG}]}], **fields}
+    response = httpx.post(f"{checked.url}/v1/chat/completions", json=body)
+    assert response.status_code == status, response.text
+    assert words in _error(response)
+
+
+def test_the_request_pixel_budget_is_summed_from_headers_before_decoding(checked):
+    """The second image's body is garbage, the third is over the budget: the budget answers, nothing decoded."""
+    small = _png(40, 30, zlib.compress(b"\0" * (30 * (1 + 40 * 3))))
+    garbage_body = _png(50, 50, bytes(range(256)))
+    over = _png(100, 100, b"")
+    response = httpx.post(f"{checked.url}/v1/chat/completions",
+                          json={"messages": _image_turns(small, garbage_body, over), "max_tokens": 2})
+    assert response.status_code == 413, response.text
+    assert "--max-request-pixels" in _error(response)
+
+
+def test_a_seed_at_the_top_of_the_range_works_for_one_choice(checked):
+    response = httpx.post(f"{checked.url}/generate", json={"inputs": "hi", "parameters": {
+        "seed": 2**63 - 1, "do_sample": True, "max_new_tokens": 2}})
+    assert response.status_code == 200, response.text
 
 
 def _types(*runs: tuple[int, int]) -> torch.Tensor:

@@ -61,6 +61,17 @@ def load_image(
         return _decoded_rgb(image, where, max_pixels, background)
 
 
+def header_size(src: str | Path | bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """``(width, height)`` from the header alone, with :func:`load_image`'s checks and errors (too many pixels,
+    zero size, not an image), so a caller can budget several images before decoding any."""
+    where, stream = _open_source(src)
+    with _decoder_errors(where, stream), _pillow_bomb_guard(where, max_pixels):
+        image = Image.open(stream)
+    with image:
+        _check_size(image.size, where, max_pixels)
+        return image.size
+
+
 def to_rgb(image: Image.Image, *, background: RGBColor | None = None) -> Image.Image:
     """Convert a decoded image of any Pillow mode to RGB.
 
@@ -196,7 +207,17 @@ def _declared_size(head: bytes) -> tuple[int, int] | None:
 
 
 def _decoded_rgb(image: Image.Image, where: str, max_pixels: int, background: RGBColor | None) -> Image.Image:
-    width, height = image.size  # from the header: nothing decoded yet
+    _check_size(image.size, where, max_pixels)  # from the header: nothing decoded yet
+    with _decoder_errors(where), _pillow_bomb_guard(where, max_pixels):
+        image.load()
+    try:
+        return to_rgb(image, background=background)
+    except ImageModeError as exc:
+        raise ImageModeError(f"{where}: {exc}") from exc
+
+
+def _check_size(size: tuple[int, int], where: str, max_pixels: int) -> None:
+    width, height = size
     if width * height > max_pixels:
         raise ImageTooLargeError(
             f"{where} is {width}x{height} = {width * height} pixels, more than max_pixels={max_pixels}; "
@@ -206,12 +227,6 @@ def _decoded_rgb(image: Image.Image, where: str, max_pixels: int, background: RG
         )
     if width == 0 or height == 0:
         raise ImageDecodeError(f"{where}: the image has zero width or height ({width}x{height}); it holds no pixels")
-    with _decoder_errors(where), _pillow_bomb_guard(where, max_pixels):
-        image.load()
-    try:
-        return to_rgb(image, background=background)
-    except ImageModeError as exc:
-        raise ImageModeError(f"{where}: {exc}") from exc
 
 
 def _convert(image: Image.Image, mode: str) -> Image.Image:

@@ -68,7 +68,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     if pipeline is None:
         pipeline = await anyio.to_thread.run_sync(lambda: Pipeline.load(
             settings.model, tokenizer=settings.tokenizer, dtype=settings.dtype, device=settings.device,
-            max_batch_size=settings.max_batch_size))
+            max_batch_size=settings.max_batch_size, quantize=settings.quantize,
+            quantize_vision=settings.quantize_vision))
         app.state.pipeline = pipeline
     metrics: ServeMetrics = app.state.metrics
     limits = settings.limits

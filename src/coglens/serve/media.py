@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import SplitResult, unquote, urlsplit
@@ -26,7 +28,7 @@ import anyio.to_thread
 import torch
 
 from ..processing.errors import ImageInputError, ImageTooLargeError
-from ..processing.image import load_image, preprocess_image
+from ..processing.image import header_size, load_image, preprocess_image
 from .errors import (
     ForbiddenMediaError,
     InvalidRequestError,
@@ -90,12 +92,24 @@ class MediaLoader:
 
     async def image(self, ref: MediaRef, image_size: int, *, budget: MediaBudget | None = None) -> torch.Tensor:
         """(3, S, S) pixels of the image at ``ref``; its pixels are charged to ``budget`` (default: a fresh one)."""
-        data = await self.read(ref)
-        if _image_format(data) is None:
-            raise UnsupportedMediaTypeError(f"{ref.where}: not an image in a supported format ({IMAGE_FORMATS})",
-                                            param=ref.where)
-        return await anyio.to_thread.run_sync(self._decode_image, data, ref.where, image_size,
-                                              budget or self.budget())
+        return (await self.images([ref], image_size, budget=budget))[0]
+
+    async def images(self, refs: list[MediaRef], image_size: int, *,
+                     budget: MediaBudget | None = None) -> list[torch.Tensor]:
+        """(3, S, S) pixels of each image. Every one is read and its header checked (format, pixel limit, the
+        request's ``budget``) before any is decoded: a request over its budget costs no decoding at all."""
+        budget = budget or self.budget()
+        sources = []
+        for ref in refs:
+            data = await self.read(ref)
+            if _image_format(data) is None:
+                raise UnsupportedMediaTypeError(f"{ref.where}: not an image in a supported format "
+                                                f"({IMAGE_FORMATS})", param=ref.where)
+            width, height = await anyio.to_thread.run_sync(self._image_size, data, ref.where)
+            budget.charge(ref.where, width * height)
+            sources.append((data, ref.where))
+        return [await anyio.to_thread.run_sync(self._decode_image, data, where, image_size)
+                for data, where in sources]
 
     async def video(self, ref: MediaRef, image_size: int, *, budget: MediaBudget | None = None) -> torch.Tensor:
         """(T, 3, S, S) frames of the video at ``ref``; its sampled frames' full-size pixels are charged to
@@ -161,19 +175,23 @@ class MediaLoader:
                               param=ref.where)
         return data
 
-    def _decode_image(self, data: bytes, where: str, image_size: int, budget: MediaBudget) -> torch.Tensor:
-        # The header's width x height is checked against both limits before any pixel is decoded.
+    def _image_size(self, data: bytes, where: str) -> tuple[int, int]:
+        with self._image_errors(where):
+            return header_size(data, max_pixels=self.limits.max_image_pixels)
+
+    def _decode_image(self, data: bytes, where: str, image_size: int) -> torch.Tensor:
+        with self._image_errors(where):
+            return preprocess_image(load_image(data, max_pixels=self.limits.max_image_pixels), image_size)
+
+    @contextmanager
+    def _image_errors(self, where: str) -> Iterator[None]:
         try:
-            image = load_image(data, max_pixels=min(self.limits.max_image_pixels, budget.remaining))
-        except ImageTooLargeError as exc:
-            if exc.pixels is not None and exc.pixels <= self.limits.max_image_pixels:
-                raise budget.refuse(where, exc.pixels) from None
+            yield
+        except ImageTooLargeError:
             raise limit_error(f"{where}: the image has more pixels than allowed", "max_image_pixels",
                               f"{self.limits.max_image_pixels} pixels", param=where) from None
         except ImageInputError as exc:
             raise InvalidRequestError(f"{where}: {exc}", param=where) from exc
-        budget.charge(where, image.width * image.height)
-        return preprocess_image(image, image_size)
 
     def _decode_video(self, data: bytes, where: str, image_size: int, budget: MediaBudget) -> torch.Tensor:
         from ..processing.video import VideoInputError, VideoLimitError, load_video

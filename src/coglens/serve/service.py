@@ -2,9 +2,8 @@
 
 Protocol packages only translate their wire format onto these calls:
 
->>> prompt = await service.prepare(conversation, template=None)          # doctest: +SKIP
->>> max_new = service.fit_max_tokens(prompt, body.max_tokens, param="max_tokens")
->>> group = service.submit(prompt, params, n=1, protocol="openai")
+>>> prompt = await service.prepare(conversation, Requested(max_tokens=body.max_tokens))  # doctest: +SKIP
+>>> group = service.submit(prompt, body.to_sampling_params(prompt.max_new_tokens), n=1, protocol="openai")
 >>> async for index, event in group.events(): ...
 
 Image layout: CogVLM takes one image per conversation, placed right after ``[bos]`` whatever turn sent it
@@ -42,6 +41,20 @@ MIN_TEMPERATURE = 1e-5  # below this, sampling is greedy decoding (vLLM draws th
 
 
 @dataclass(frozen=True)
+class Requested:
+    """What a request asks to generate, in its protocol's field names: checked by :meth:`GenerationService.prepare`
+    before any media is decoded (choices and seeds first, the token budget once the prompt is tokenized)."""
+
+    max_tokens: int | None = None  # None: ``default_max_tokens``, capped by the room left; else all the room
+    max_tokens_param: str = "max_tokens"
+    default_max_tokens: int | None = None
+    n: int = 1
+    n_param: str = "n"
+    seed: int | None = None
+    seed_param: str = "seed"
+
+
+@dataclass(frozen=True)
 class PreparedPrompt:
     """Model inputs of one conversation, ready to become engine requests."""
 
@@ -49,6 +62,7 @@ class PreparedPrompt:
     token_type_ids: torch.Tensor
     images: list[torch.Tensor]
     text: str  # what the client wrote as the prompt (echoed by vLLM's /generate)
+    max_new_tokens: int  # what the request asked for, fitted to the context
 
     @property
     def prompt_tokens(self) -> int:
@@ -110,20 +124,22 @@ class GenerationService:
             raise ModelNotFoundError(f"model {name!r} is not served here; this server serves {served}",
                                      param=param, code="model_not_found")
 
-    async def prepare(self, conversation: Conversation, *, template: str | None = None,
+    async def prepare(self, conversation: Conversation, requested: Requested, *, template: str | None = None,
                       template_param: str = "template", truncate: int | None = None,
                       truncate_param: str = "truncate") -> PreparedPrompt:
-        """Check the conversation's limits, cheapest first, then load its media and build its input ids.
+        """Check the request's limits, cheapest first, then load its media and build its input ids.
 
-        Order: media counts, prompt characters, tokens and context (images as placeholders of their exact span),
-        and only then decoding of media (each within the pixel limits and the request's pixel budget). Tokenizing
-        runs off the event loop on one of a few tokenizer copies, so a long prompt holds up no other request.
-        ``truncate`` keeps only the last ``truncate`` text tokens (TGI's ``truncate``); images always stay.
+        Order: choices and seed, media counts, prompt characters, tokens, context and token budget (images as
+        placeholders of their exact span), then media headers against the pixel limits and the request's pixel
+        budget, and only then decoding. Tokenizing runs off the event loop on one of a few tokenizer copies, so a
+        long prompt holds up no other request. ``truncate`` keeps only the last ``truncate`` text tokens (TGI's
+        ``truncate``); images always stay.
         """
         template = template or self.template
         if template is not None and template not in TEMPLATE_VERSIONS:
             raise InvalidRequestError(f"{template_param}={template!r} is not a template; use "
                                       f"{', '.join(TEMPLATE_VERSIONS)}", param=template_param)
+        self._check_choices(requested)
         refs = self._check_media(conversation)
         self._check_characters(conversation)
         size = self.config.vision_config.image_size
@@ -132,15 +148,38 @@ class GenerationService:
             video = await self.media.video(refs[0], size, budget=budget) if refs else None
             inputs = await anyio.to_thread.run_sync(self._build, conversation, {"video": video}, template)
             ids, types = self._fit(inputs, truncate, truncate_param)
+            max_new = self._fit_new_tokens(types, requested)
             images = list(inputs["images"] or [])
         else:
             placeholders = {ref: torch.zeros(1).expand(3, size, size) for ref in refs}
             inputs = await anyio.to_thread.run_sync(self._build, conversation, {"images": placeholders}, template)
             ids, types = self._fit(inputs, truncate, truncate_param)
+            max_new = self._fit_new_tokens(types, requested)
             ref_of = {id(tensor): ref for ref, tensor in placeholders.items()}
-            images = [await self.media.image(ref_of[id(tensor)], size, budget=budget)
-                      for tensor in inputs["images"] or []]
-        return PreparedPrompt(ids, types, images, conversation.prompt_text)
+            images = await self.media.images([ref_of[id(tensor)] for tensor in inputs["images"] or []], size,
+                                             budget=budget)
+        return PreparedPrompt(ids, types, images, conversation.prompt_text, max_new)
+
+    def _check_choices(self, requested: Requested) -> None:
+        n, seed = requested.n, requested.seed
+        if n > self.limits.max_n:
+            raise limit_error(f"{requested.n_param}={n} choices asked for", "max_n", str(self.limits.max_n),
+                              param=requested.n_param)
+        if seed is not None and not -(2**63) <= seed < 2**63:
+            raise InvalidRequestError(f"{requested.seed_param}={seed} is outside the 64-bit range",
+                                      param=requested.seed_param)
+        if seed is not None and seed + n - 1 >= 2**63:
+            raise InvalidRequestError(f"{requested.seed_param}={seed} with {n} choices: choice i samples with seed+i, "
+                                      "which must stay below 2**63", param=requested.seed_param)
+
+    def _fit_new_tokens(self, token_type_ids: torch.Tensor, requested: Requested) -> int:
+        """The new tokens asked for if they fit the context (else a 400 naming the field); unasked, the protocol's
+        default capped by the room left, or all the room."""
+        context, param = int(self.config.max_position_embeddings), requested.max_tokens_param
+        if requested.max_tokens is not None:
+            return fit_new_tokens(token_type_ids, context, requested.max_tokens, param=param)
+        room = fit_new_tokens(token_type_ids, context, None, param=param)
+        return room if requested.default_max_tokens is None else min(requested.default_max_tokens, room)
 
     def _fit(self, inputs: dict[str, Any], truncate: int | None, param: str) -> tuple[torch.Tensor, torch.Tensor]:
         ids, types = inputs["input_ids"], inputs["token_type_ids"]
@@ -151,16 +190,9 @@ class GenerationService:
                               f"{self.limits.max_prompt_tokens} tokens")
         return ids, types
 
-    def fit_max_tokens(self, prompt: PreparedPrompt, requested: int | None, *, param: str) -> int:
-        """``requested`` new tokens if they fit the model's context, else a 400 naming ``param``; None = all room."""
-        return fit_new_tokens(prompt.token_type_ids, int(self.config.max_position_embeddings), requested, param=param)
-
     def submit(self, prompt: PreparedPrompt, params: SamplingParams, *, n: int = 1, protocol: str) -> RequestGroup:
-        """Queue ``n`` choices of ``prompt`` (seeded choices get seeds ``seed, seed+1, ...``)."""
-        if n > self.limits.max_n:
-            raise limit_error(f"n={n} choices asked for", "max_n", str(self.limits.max_n), param="n")
-        if params.seed is not None and not -(2**63) <= params.seed < 2**63 - self.limits.max_n:
-            raise InvalidRequestError(f"seed={params.seed} is outside the 64-bit range", param="seed")
+        """Queue ``n`` choices of ``prompt`` (seeded choices get seeds ``seed, seed+1, ...``); ``n`` and the seed
+        were checked by :meth:`prepare`."""
         if not params.greedy and params.temperature < MIN_TEMPERATURE:
             # A temperature this small is greedy in effect, and dividing by it overflows the logits to inf.
             params = dataclasses.replace(params, do_sample=False)

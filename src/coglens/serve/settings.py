@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..modeling.quantization import SCHEMES
 from ..pipeline import DEFAULT_TINY_MODEL
 from .limits import ServeLimits
 
@@ -18,6 +19,8 @@ class ServeSettings:
     tokenizer: str | None = None
     dtype: str | None = None
     device: str | None = None
+    quantize: str | None = None  # one of SCHEMES: quantize the weights while loading
+    quantize_vision: bool = False  # with quantize: the vision tower, adapter and lm_head too
     max_batch_size: int = 8  # used when the app loads the model itself; a given Pipeline keeps its own
     served_model_names: tuple[str, ...] = ()  # names clients may send as ``model`` (default: ``model``)
     template: str | None = None  # prompt template for every request (default: the checkpoint's own)
@@ -30,6 +33,10 @@ class ServeSettings:
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
             raise ValueError(f"--max-batch-size must be >= 1, got {self.max_batch_size}")
+        if self.quantize is not None and self.quantize not in SCHEMES:
+            raise ValueError(f"--quantize {self.quantize!r} is not one of {', '.join(SCHEMES)}")
+        if self.quantize_vision and self.quantize is None:
+            raise ValueError(f"--quantize-vision needs --quantize {{{','.join(SCHEMES)}}}")
         if self.api_key is not None and not self.api_key.strip():
             raise ValueError("--api-key is empty; give a secret, or leave the option out to serve without auth")
         if self.allow_local_media is not None and not Path(self.allow_local_media).is_dir():

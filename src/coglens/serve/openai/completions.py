@@ -19,7 +19,7 @@ from ...engine import RequestGroup
 from ..errors import InvalidRequestError
 from ..http import EventStreamResponse, in_band_errors, now, sse
 from ..messages import completion_prompt
-from ..service import Completion, GenerationService, PreparedPrompt
+from ..service import Completion, GenerationService, PreparedPrompt, Requested
 from .protocol import CompletionChoice, CompletionRequest, CompletionResponse, LegacyLogprobs, Usage
 from .serving import PROTOCOL, error_event, finish_reason, usage_of
 
@@ -39,9 +39,11 @@ class OpenAIServingCompletion:
         if body.stream and best_of > body.n:
             raise InvalidRequestError("best_of > n cannot be streamed: the best choices are known only at the end",
                                       param="best_of")
-        prompt = await service.prepare(completion_prompt(body.prompt, "prompt"),
+        requested = Requested(max_tokens=body.max_tokens, n=best_of, n_param="best_of" if body.best_of else "n",
+                              seed=body.seed)
+        prompt = await service.prepare(completion_prompt(body.prompt, "prompt"), requested,
                                        template=body.template or BASE_TEMPLATE)
-        params = body.to_sampling_params(service.fit_max_tokens(prompt, body.max_tokens, param="max_tokens"))
+        params = body.to_sampling_params(prompt.max_new_tokens)
         group = service.submit(prompt, params, n=best_of, protocol=PROTOCOL)
         request.state.prompt_tokens = prompt.prompt_tokens
         answer = CompletionResponse(id=f"cmpl-{uuid.uuid4().hex}", created=now(),

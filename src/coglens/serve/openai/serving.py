@@ -17,7 +17,7 @@ from ...engine import RequestGroup, TokenEvent
 from ..errors import InvalidRequestError, ServeError
 from ..http import EventStreamResponse, in_band_errors, now, sse
 from ..messages import Message, split_parts, to_conversation
-from ..service import GenerationService
+from ..service import GenerationService, Requested
 from .protocol import (
     AssistantMessage,
     ChatCompletionChunk,
@@ -60,9 +60,10 @@ class OpenAIServingChat:
         if body.top_logprobs is not None and not body.logprobs:
             raise InvalidRequestError("top_logprobs needs logprobs: true", param="top_logprobs")
         conversation = to_conversation(to_messages(body.messages))
-        prompt = await service.prepare(conversation, template=body.template)
-        requested, param = body.requested_max_tokens
-        params = body.to_sampling_params(service.fit_max_tokens(prompt, requested, param=param))
+        max_tokens, param = body.requested_max_tokens
+        prompt = await service.prepare(conversation, Requested(max_tokens=max_tokens, max_tokens_param=param,
+                                                               n=body.n, seed=body.seed), template=body.template)
+        params = body.to_sampling_params(prompt.max_new_tokens)
         group = service.submit(prompt, params, n=body.n, protocol=PROTOCOL)
         request.state.prompt_tokens = prompt.prompt_tokens
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"

@@ -12,7 +12,7 @@ from ...engine import RequestGroup
 from ..errors import InvalidRequestError, ServeError, limit_error
 from ..http import EventStreamResponse, in_band_errors, sse
 from ..messages import completion_prompt
-from ..service import Completion, GenerationService, PreparedPrompt
+from ..service import Completion, GenerationService, PreparedPrompt, Requested
 from .protocol import (
     DEFAULT_MAX_NEW_TOKENS,
     BestOfSequence,
@@ -46,14 +46,14 @@ class TGIServing:
         if stream and parameters.decoder_input_details:
             raise InvalidRequestError("parameters.decoder_input_details: true is not supported when streaming "
                                       "tokens (as in TGI)", param="parameters.decoder_input_details")
-        prompt = await service.prepare(completion_prompt(body.inputs, "inputs"), template=parameters.template,
-                                       template_param="parameters.template", truncate=parameters.truncate,
-                                       truncate_param="parameters.truncate")
-        requested = parameters.max_new_tokens or min(DEFAULT_MAX_NEW_TOKENS, service.fit_max_tokens(
-            prompt, None, param="parameters.max_new_tokens"))
-        max_new = service.fit_max_tokens(prompt, requested, param="parameters.max_new_tokens")
-        group = service.submit(prompt, parameters.to_sampling_params(max_new), n=parameters.best_of or 1,
-                               protocol=PROTOCOL)
+        requested = Requested(max_tokens=parameters.max_new_tokens, max_tokens_param="parameters.max_new_tokens",
+                              default_max_tokens=DEFAULT_MAX_NEW_TOKENS, n=parameters.best_of or 1,
+                              n_param="parameters.best_of", seed=parameters.seed, seed_param="parameters.seed")
+        prompt = await service.prepare(completion_prompt(body.inputs, "inputs"), requested,
+                                       template=parameters.template, template_param="parameters.template",
+                                       truncate=parameters.truncate, truncate_param="parameters.truncate")
+        group = service.submit(prompt, parameters.to_sampling_params(prompt.max_new_tokens),
+                               n=parameters.best_of or 1, protocol=PROTOCOL)
         request.state.prompt_tokens = prompt.prompt_tokens
         return group, prompt
 

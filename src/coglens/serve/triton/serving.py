@@ -17,7 +17,7 @@ from ...engine import RequestGroup
 from ..errors import InvalidRequestError, ServeError
 from ..http import EventStreamResponse, in_band_errors, sse
 from ..messages import completion_prompt
-from ..service import GenerationService, PreparedPrompt
+from ..service import GenerationService, PreparedPrompt, Requested
 from .protocol import (
     DEFAULT_MAX_NEW_TOKENS,
     KSERVE_INPUTS,
@@ -55,14 +55,13 @@ class TritonServing:
     async def start(self, model: str, body: TritonGenerateRequest, request: Request) -> _Run:
         service = self.service
         service.check_model(model, param="model (in the URL path)")
-        prompt = await service.prepare(completion_prompt(body.text_input, "text_input"),
+        max_tokens, param = body.requested_max_tokens
+        requested = Requested(max_tokens=max_tokens, max_tokens_param=param, default_max_tokens=DEFAULT_MAX_NEW_TOKENS,
+                              seed=body.parameters.seed, seed_param="parameters.seed")
+        prompt = await service.prepare(completion_prompt(body.text_input, "text_input"), requested,
                                        template=body.parameters.template, template_param="parameters.template")
-        requested, param = body.requested_max_tokens
-        if requested is None:
-            requested = min(DEFAULT_MAX_NEW_TOKENS, service.fit_max_tokens(prompt, None, param=param))
-        max_new = service.fit_max_tokens(prompt, requested, param=param)
         queued = time.perf_counter()
-        group = service.submit(prompt, body.parameters.to_sampling_params(max_new), protocol=PROTOCOL)
+        group = service.submit(prompt, body.parameters.to_sampling_params(prompt.max_new_tokens), protocol=PROTOCOL)
         request.state.prompt_tokens = prompt.prompt_tokens
         return _Run(group, prompt, body.id or uuid.uuid4().hex, queued)
 

@@ -13,7 +13,7 @@ from ...engine import RequestGroup
 from ..errors import ServeError
 from ..http import EventStreamResponse, in_band_errors
 from ..messages import completion_prompt
-from ..service import GenerationService, PreparedPrompt
+from ..service import GenerationService, PreparedPrompt, Requested
 from .protocol import ErrorInfo, ErrorResponse, GenerateResponse, VLLMGenerateRequest
 
 PROTOCOL = "vllm"
@@ -26,9 +26,10 @@ class VLLMServing:
 
     async def start(self, body: VLLMGenerateRequest, request: Request) -> tuple[RequestGroup, PreparedPrompt]:
         service = self.service
-        prompt = await service.prepare(completion_prompt(body.prompt, "prompt"), template=body.template)
-        max_new = service.fit_max_tokens(prompt, body.max_tokens, param="max_tokens")
-        group = service.submit(prompt, body.to_sampling_params(max_new), n=body.n, protocol=PROTOCOL)
+        prompt = await service.prepare(completion_prompt(body.prompt, "prompt"),
+                                       Requested(max_tokens=body.max_tokens, n=body.n, seed=body.seed),
+                                       template=body.template)
+        group = service.submit(prompt, body.to_sampling_params(prompt.max_new_tokens), n=body.n, protocol=PROTOCOL)
         request.state.prompt_tokens = prompt.prompt_tokens
         return group, prompt
 
