@@ -10,6 +10,8 @@ import typer
 from typer.testing import CliRunner
 
 from coglens.cli.serve import serve
+from coglens.pipeline import Pipeline
+from coglens.serve.settings import ServeSettings
 
 app = typer.Typer()
 app.command()(serve)
@@ -50,3 +52,30 @@ def test_bad_flags_are_clear_errors(launched, args, words):
     result = CliRunner().invoke(app, args)
     assert result.exit_code != 0 and "app" not in launched
     assert isinstance(result.exception, ValueError) and words in str(result.exception)
+
+
+def test_quantize_serves_the_quantized_model_to_an_openai_client(launched):
+    from openai import OpenAI
+    from serve_helpers import greedy, run_server
+
+    result = CliRunner().invoke(app, ["--quantize", "int8", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    state = launched["app"].state
+    assert (state.settings.quantize, state.settings.quantize_vision) == ("int8", False)
+    reference = Pipeline.load("tiny:cogvlm2", device="cpu", quantize="int8")  # loaded apart, the same way
+    layer = "model.layers.0.mlp.language_mlp.up_proj"
+    served, expected = state.pipeline.model.get_submodule(layer), reference.model.get_submodule(layer)
+    assert (type(served), served.weight.dtype) == (type(expected), expected.weight.dtype)
+    with run_server(state.settings, pipeline=state.pipeline) as server:
+        client = OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+        response = client.chat.completions.create(
+            model="tiny:cogvlm2", messages=[{"role": "user", "content": "Describe the scene."}], max_tokens=6,
+            temperature=0)
+    assert response.choices[0].message.content == greedy(reference, "Describe the scene.", 6)
+
+
+def test_quantize_settings_are_checked():
+    with pytest.raises(ValueError, match="--quantize 'int3' is not one of int8, int4, nf4, fp4"):
+        ServeSettings(quantize="int3")
+    with pytest.raises(ValueError, match="--quantize-vision needs --quantize"):
+        ServeSettings(quantize_vision=True)

@@ -51,6 +51,9 @@ def test_health_and_metadata(client, server):
     assert {"name": "text_input", "datatype": "BYTES", "shape": [1]} in metadata["inputs"]
     assert metadata["outputs"] == [{"name": "text_output", "datatype": "BYTES", "shape": [1]}]
     assert client.get_server_metadata(headers=headers)["name"] == "coglens"
+    config = client.get_model_config("tiny:cogvlm2", headers=headers)
+    assert config["name"] == "tiny:cogvlm2" and config["output"][0]["name"] == "text_output"
+    assert {"name": "text_input", "data_type": "TYPE_STRING", "dims": [1], "optional": False} in config["input"]
 
 
 def test_infer_with_json_tensors_equals_the_engine(client, server, tiny_pipeline):

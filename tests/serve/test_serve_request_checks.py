@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import socket
 import struct
 import time
@@ -179,3 +180,42 @@ def test_truncate_keeps_bos_images_and_the_last_text_tokens():
     assert text_only.tolist() == [0, 4]
     with pytest.raises(InvalidRequestError, match="truncate=0"):
         truncate_text(ids, types, 0, param="truncate")
+
+
+def test_a_web_page_of_another_origin_cannot_post(checked):
+    """Bodies are parsed whatever their Content-Type, so the Origin a browser sends is what stops a cross-site
+    "simple" POST (text/plain) from a web page; same-origin pages (/docs) and clients without Origin pass."""
+    body = '{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}'
+    host = checked.url.removeprefix("http://")
+    evil = httpx.post(f"{checked.url}/v1/chat/completions", content=body,
+                      headers={"Content-Type": "text/plain", "Origin": "https://evil.example"})
+    assert evil.status_code == 403 and "--cors-origin" in _error(evil)
+    for headers in ({"Origin": f"http://{host}"}, {}):
+        response = httpx.post(f"{checked.url}/v1/chat/completions", content=body,
+                              headers={"Content-Type": "text/plain", **headers})
+        assert response.status_code == 200, response.text
+
+
+def test_compressed_bodies_are_a_415(checked):
+    response = httpx.post(f"{checked.url}/generate", content=gzip.compress(b'{"inputs": "hi"}'),
+                          headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
+    assert response.status_code == 415 and "Content-Encoding" in _error(response)
+
+
+def test_stream_options_need_stream(checked):
+    for path, body in (("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}),
+                       ("/v1/completions", {"prompt": "hi"})):
+        response = httpx.post(f"{checked.url}{path}", json={**body, "stream_options": {"include_usage": True}})
+        assert response.status_code == 400 and "stream_options" in _error(response), path
+
+
+def test_a_prompt_longer_than_the_context_can_hold_is_refused_before_tokenizing():
+    """With a generous --max-prompt-tokens the context bounds the characters: 2048 positions of at most 6
+    characters (the tiny vocabulary's longest token) cannot hold 13,000 characters."""
+    limits = ServeLimits(max_prompt_tokens=1_000_000)
+    with run_server(ServeSettings(model="tiny:cogvlm2", device="cpu", limits=limits)) as server:
+        response = httpx.post(f"{server.url}/generate", json={"inputs": "abcde " * 2200})
+        assert response.status_code == 422 and "context" in _error(response)
+        truncated = httpx.post(f"{server.url}/generate", json={"inputs": "abcde " * 2200, "parameters": {
+            "truncate": 50, "max_new_tokens": 2}})
+        assert truncated.status_code == 200, truncated.text

@@ -65,6 +65,13 @@ class ForbiddenMediaError(ServeError):
     kind = "forbidden"
 
 
+class ForbiddenOriginError(ServeError):
+    """A browser request from a web page whose origin is not allowed (--cors-origin)."""
+
+    status_code = 403
+    kind = "forbidden"
+
+
 class ModelNotFoundError(ServeError):
     status_code = 404
     kind = "not_found"

@@ -13,6 +13,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
@@ -25,8 +26,10 @@ from ..engine import RequestGroup
 from .errors import (
     BodyTimeoutError,
     ClientClosedError,
+    ForbiddenOriginError,
     InvalidRequestError,
     ServeError,
+    UnsupportedMediaTypeError,
     limit_error,
     to_serve_error,
 )
@@ -64,6 +67,10 @@ async def read_json(request: Request) -> Any:
     says, and checked for nesting depth and invalid Unicode before any model sees it."""
     limits: ServeLimits = request.app.state.service.limits
     max_bytes = limits.max_body_bytes
+    check_origin(request)
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise UnsupportedMediaTypeError(f"Content-Encoding {encoding!r} is not supported; send the body uncompressed")
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes:
         raise limit_error(f"the request body is {int(declared)} bytes", "max_body_bytes", mib(max_bytes))
@@ -84,6 +91,22 @@ async def read_json(request: Request) -> Any:
         raise InvalidRequestError(f"the request body is not valid JSON: {exc}") from exc
     check_json_values(data, max_depth=limits.max_json_depth)
     return data
+
+
+def check_origin(request: Request) -> None:
+    """Refuse posts that a web page made from another origin (browsers send ``Origin``; curl and SDKs do not).
+
+    Bodies are parsed as JSON whatever their Content-Type (``curl -d`` sends form-encoded), so without this any web
+    page could post to a local server as a "simple" cross-site request; ``--cors-origin`` lists the pages that may.
+    """
+    origin = request.headers.get("origin")
+    if origin is None:
+        return
+    allowed = request.app.state.settings.cors_origins
+    if origin in allowed or "*" in allowed or urlsplit(origin).netloc == request.headers.get("host"):
+        return
+    raise ForbiddenOriginError(f"a request from the web page origin {origin!r} is refused: browsers may call this "
+                               "server only from the origins given with --cors-origin")
 
 
 async def _read_body(request: Request, max_bytes: int) -> bytes:
@@ -210,6 +233,9 @@ async def in_band_errors(request: Request, group: RequestGroup, events: AsyncIte
         error = to_serve_error(exc)
         request.state.error = error.message
         yield error_event(error)
+    except (GeneratorExit, asyncio.CancelledError):
+        request.state.error = "the client closed the stream before it ended"
+        raise
     finally:
         group.cancel()
         request.state.completion_tokens = group.generated_tokens

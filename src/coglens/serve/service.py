@@ -31,6 +31,7 @@ import torch
 from ..engine import GenerationRequest, RequestGroup, SamplingParams, Scheduler, TokenEvent, fit_new_tokens
 from ..modeling.routing import VISION_TOKEN_TYPE
 from ..processing.conversation import build_conversation_input_ids
+from ..processing.processor import ProcessorLayout, VisionLayout
 from ..processing.template import TEMPLATE_VERSIONS
 from .errors import InvalidRequestError, ModelNotFoundError, UnsupportedInputError, limit_error
 from .limits import ServeLimits
@@ -108,6 +109,13 @@ class GenerationService:
         self.template = template
         self.eos_ids = set(scheduler.engine.eos_ids)
         self.special_ids = set(getattr(tokenizer, "all_special_ids", []) or [])
+        # Prompts are built without a context check: it comes after truncation, with the token budget.
+        config = self.config
+        self._layout = ProcessorLayout(
+            variant=config.variant, template_version=config.template_version,
+            num_image_tokens=config.num_image_tokens, image_token_id=config.image_token_id,
+            max_position_embeddings=None, bos_token_id=config.bos_token_id,
+            vision_config=VisionLayout(config.vision_config.image_size))
         self._tokenizers = TokenizerPool(tokenizer, size=min(4, os.cpu_count() or 1))
         # No token is longer than this many characters, so a prompt of more characters than
         # max_prompt_tokens * this is over the limit without tokenizing it.
@@ -141,7 +149,7 @@ class GenerationService:
                                       f"{', '.join(TEMPLATE_VERSIONS)}", param=template_param)
         self._check_choices(requested)
         refs = self._check_media(conversation)
-        self._check_characters(conversation)
+        self._check_characters(conversation, truncated=truncate is not None)
         size = self.config.vision_config.image_size
         budget = self.media.budget()
         if self.config.is_video:
@@ -255,11 +263,19 @@ class GenerationService:
                     "turn that sent it, so send earlier images with earlier user messages", param=turn.media[1].where)
         return images
 
-    def _check_characters(self, conversation: Conversation) -> None:
+    def _check_characters(self, conversation: Conversation, *, truncated: bool) -> None:
+        """Refuse, without tokenizing, a prompt with more characters than its token limits can hold: the prompt
+        limit, and (unless it is to be truncated) the context, since every text token takes a position."""
         characters = sum(len(turn.query) + len(turn.answer or "") for turn in conversation.turns)
         if characters > self.limits.max_prompt_tokens * self._max_token_chars:
             raise limit_error(f"the prompt is {characters} characters, more than {self.limits.max_prompt_tokens} "
                               "tokens can hold", "max_prompt_tokens", f"{self.limits.max_prompt_tokens} tokens")
+        context = int(self.config.max_position_embeddings)
+        if not truncated and characters > context * self._max_token_chars:
+            raise InvalidRequestError(
+                f"the prompt is {characters} characters, more than the model's context of {context} positions can "
+                "hold (max_position_embeddings in config.json); shorten the query or history",
+                code="context_length_exceeded")
 
     def _build(self, conversation: Conversation, layout: dict[str, Any], template: str | None) -> dict[str, Any]:
         history: list[tuple[Any, ...]] = []
@@ -279,7 +295,7 @@ class GenerationService:
             images = ([loaded[current[0]]] if current else []) if multi else list(loaded.values())
         with self._tokenizers.borrow() as tokenizer:
             return build_conversation_input_ids(
-                tokenizer, config=self.config, query=conversation.current.query, history=history,
+                tokenizer, config=self._layout, query=conversation.current.query, history=history,
                 images=images or None, template_version=template, allow_multiple_images=multi)
 
 

@@ -21,7 +21,7 @@ from ..http import EventStreamResponse, in_band_errors, now, sse
 from ..messages import completion_prompt
 from ..service import Completion, GenerationService, PreparedPrompt, Requested
 from .protocol import CompletionChoice, CompletionRequest, CompletionResponse, LegacyLogprobs, Usage
-from .serving import PROTOCOL, error_event, finish_reason, usage_of
+from .serving import PROTOCOL, check_stream_options, error_event, finish_reason, usage_of
 
 BASE_TEMPLATE = "base"
 
@@ -33,6 +33,7 @@ class OpenAIServingCompletion:
     async def create(self, body: CompletionRequest, request: Request) -> JSONResponse | EventStreamResponse:
         service = self.service
         service.check_model(body.model)
+        check_stream_options(body.stream, body.stream_options)
         best_of = body.best_of or body.n
         if best_of < body.n:
             raise InvalidRequestError(f"best_of={best_of} must be >= n={body.n}", param="best_of")

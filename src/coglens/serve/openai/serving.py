@@ -57,6 +57,7 @@ class OpenAIServingChat:
         """Validate, prepare and queue the request; errors up to here are plain 4xx responses."""
         service = self.service
         service.check_model(body.model)
+        check_stream_options(body.stream, body.stream_options)
         if body.top_logprobs is not None and not body.logprobs:
             raise InvalidRequestError("top_logprobs needs logprobs: true", param="top_logprobs")
         conversation = to_conversation(to_messages(body.messages))
@@ -152,6 +153,12 @@ def usage_of(prompt_tokens: int, completion_tokens: int) -> Usage:
 
 def finish_reason(reason: str) -> str:
     return "length" if reason == "length" else "stop"
+
+
+def check_stream_options(stream: bool, options: object) -> None:
+    if options is not None and not stream:
+        raise InvalidRequestError("stream_options is only allowed with stream: true (as in OpenAI's API)",
+                                  param="stream_options")
 
 
 def error_event(error: ServeError) -> str:

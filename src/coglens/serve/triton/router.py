@@ -81,6 +81,13 @@ async def infer(model: str, request: Request, version: str | None = None) -> Res
     return await cancel_on_disconnect(request, answer())
 
 
+@router.get(f"{MODEL}/config", summary="Triton model configuration (tritonclient's get_model_config)")
+@router.get(f"{VERSIONED}/config", include_in_schema=False)
+async def model_config(model: str, request: Request, version: str | None = None) -> JSONResponse:
+    _check_version(version)
+    return JSONResponse(_kserve(request).model_config(model))
+
+
 @router.get(f"{MODEL}/ready", summary="KServe v2: 200 when the model is served (404 if not)")
 @router.get(f"{VERSIONED}/ready", include_in_schema=False)
 async def model_ready(model: str, request: Request, version: str | None = None) -> Response:

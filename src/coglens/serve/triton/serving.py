@@ -105,6 +105,16 @@ class KServe:
         return ModelMetadata(name=model, inputs=inputs,
                              outputs=[TensorMetadata(name="text_output", datatype="BYTES", shape=[1])])
 
+    def model_config(self, model: str) -> dict[str, object]:
+        """Triton's model configuration (what ``tritonclient``'s ``get_model_config`` reads), in its JSON form."""
+        self.triton.service.check_model(model, param="model (in the URL path)")
+        types = {"BYTES": "TYPE_STRING", "INT32": "TYPE_INT32"}
+        inputs = [{"name": name, "data_type": types.get(datatype, f"TYPE_{datatype}"), "dims": [1],
+                   "optional": name != "text_input"} for name, datatype in KSERVE_INPUTS.items()]
+        return {"name": model, "platform": "coglens", "max_batch_size": 0, "input": inputs,
+                "output": [{"name": "text_output", "data_type": "TYPE_STRING", "dims": [1]}],
+                "model_transaction_policy": {"decoupled": False}}
+
     async def infer(self, model: str, body: InferRequest, request: Request) -> InferResponse:
         values = {tensor.name: _one_value(tensor, f"inputs[{i}]") for i, tensor in enumerate(body.inputs)}
         if "text_input" not in values:
