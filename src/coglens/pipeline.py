@@ -71,19 +71,28 @@ class Pipeline:
         device_map: Any = None,
         max_batch_size: int = 8,
         cuda_index: int | None = None,
+        quantize: str | None = None,
+        quantize_vision: bool = False,
     ) -> Pipeline:
         """Load a checkpoint folder (or ``tiny:VARIANT``; ``None`` = the tiny CogVLM2) with its tokenizer; `device`
-        and `cuda_index` as :func:`pick_device` takes them."""
+        and `cuda_index` as :func:`pick_device` takes them.
+
+        `quantize` (one of :data:`~coglens.modeling.quantization.SCHEMES`) quantizes the weights while loading;
+        `quantize_vision` quantizes the vision tower, adapter and ``lm_head`` too. A checkpoint saved quantized
+        loads quantized without `quantize`; asking to quantize it again is an error (its scheme is fixed).
+        """
         from .processing.tokenizer import load_tokenizer
 
-        path = resolve_model_path(model)
         if device_map is None:
             dev = pick_device(device, cuda_index=cuda_index)
             if dtype is None:
                 dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
-            loaded = CogvlmForCausalLM.from_pretrained(path, torch_dtype=dtype, device_map=dev)
+            placement: Any = dev
         else:
-            loaded = CogvlmForCausalLM.from_pretrained(path, torch_dtype=dtype, device_map=device_map)
+            dev, placement = None, device_map
+        quantized = _quantization_kwargs(quantize, quantize_vision, dev)  # fails before any download
+        path = resolve_model_path(model)
+        loaded = CogvlmForCausalLM.from_pretrained(path, torch_dtype=dtype, device_map=placement, **quantized)
         tok = load_tokenizer(path, tokenizer, config=loaded.config)
         return cls(loaded, tok, Engine(loaded, tok, max_batch_size=max_batch_size), path)
 
@@ -123,6 +132,18 @@ class Pipeline:
 
     def ask(self, query: str, *, params: SamplingParams | None = None, **input_options: Any) -> GenerationResult:
         return self.engine.generate([self.request(query, params=params, **input_options)])[0]
+
+
+def _quantization_kwargs(scheme: str | None, vision: bool, device: torch.device | None) -> dict[str, Any]:
+    """``from_pretrained``'s ``quantization_config=`` for `scheme` on `device` (None: where a device map puts it),
+    or nothing. The loader refuses it for a checkpoint saved quantized, naming the folder."""
+    if scheme is None:
+        if vision:
+            raise ValueError("quantize_vision (--quantize-vision) needs a quantize scheme (--quantize)")
+        return {}
+    from .modeling.quantization import quantization_config
+
+    return {"quantization_config": quantization_config(scheme, device=device, quantize_vision=vision)}
 
 
 __all__ = ["DEFAULT_TINY_MODEL", "DEFAULT_TINY_VARIANT", "Pipeline", "pick_device", "resolve_model_path"]

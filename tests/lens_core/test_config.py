@@ -86,6 +86,8 @@ def test_extensions(tmp_path):
         output: postgresql+psycopg://lens@db/lens
         output_format: vlm-lens
         dtype: bfloat16
+        quantize: nf4
+        quantize_vision: true
         store_dtype: float16
         batch_size: 8
         run_name: probe-1
@@ -105,6 +107,7 @@ def test_extensions(tmp_path):
     )
     assert config.output == "postgresql+psycopg://lens@db/lens"
     assert (config.output_format, config.dtype, config.store_dtype) == ("vlm-lens", "bfloat16", "float16")
+    assert (config.quantize, config.quantize_vision) == ("nf4", True)
     assert (config.batch_size, config.run_name, config.overwrite) == (8, "probe-1", True)
     assert (config.manifest, config.capture, config.steps, config.device) == (
         Path("rows.jsonl"),
@@ -201,6 +204,14 @@ def test_overrides_win_only_when_given(tmp_path):
     ) == ("other", "b.db", "cuda", "bfloat16", 4, True, "max")
 
 
+def test_quantize_from_the_file_or_the_command_line(tmp_path):
+    assert (_load(tmp_path, MINIMAL).quantize, _load(tmp_path, MINIMAL).quantize_vision) == (None, False)
+    in_file = {**MINIMAL, "quantize": "int8"}
+    assert _load(tmp_path, in_file, quantize=None, quantize_vision=None).quantize == "int8"
+    config = _load(tmp_path, in_file, quantize="nf4", quantize_vision=True)  # extract --quantize nf4 --quantize-vision
+    assert (config.quantize, config.quantize_vision) == ("nf4", True)
+
+
 def test_an_input_source_override_replaces_the_files(tmp_path):
     config = _load(tmp_path, {**MINIMAL, "input_dir": "imgs"}, manifest="rows.csv")
     assert (config.manifest, config.input_dir) == (Path("rows.csv"), None)
@@ -239,6 +250,9 @@ def test_log_named_modules_needs_no_modules_or_inputs(tmp_path):
         ({"steps": "decode"}, "steps: 'decode' .* one of: prefill | all"),
         ({"dtype": "fp16"}, "dtype: 'fp16' .* one of: auto | float32 | float16 | bfloat16"),
         ({"store_dtype": "int8"}, "store_dtype: 'int8' .* one of: model | float32 | float16 | bfloat16"),
+        ({"quantize": "int16"}, r"quantize: 'int16' .* one of: int8 \| int4 \| nf4 \| fp4"),
+        ({"quantize": "int8", "quantize_vision": "yes"}, "quantize_vision: 'yes' .* true or false"),
+        ({"quantize_vision": True}, r"quantize_vision: True .* only together with quantize: int8 \| int4"),
         ({"output_format": "csv"}, "output_format: 'csv' .* one of: coglens | vlm-lens"),
         ({"batch_size": 0}, "batch_size: 0 .* a positive integer"),
         ({"batch_size": "4"}, "batch_size: '4' .* a positive integer"),

@@ -3,7 +3,7 @@
 This module is imported to build the ``coglens`` command, so ``coglens --help`` loads it: it must stay light
 (typer, click, the standard library, and the light coglens modules that hold the names users choose from:
 ``coglens.processing.template``, ``coglens.processing.video.strategies``, ``coglens.modeling.dtypes``,
-``coglens.tiny.variants``; never
+``coglens.modeling.quantization``, ``coglens.tiny.variants``; never
 torch, transformers or the modules that import them). The checks below run first thing in a command, so a bad
 option fails in milliseconds, not after the model loads.
 """
@@ -17,6 +17,7 @@ from typing import Annotated
 import typer
 
 from coglens.modeling.dtypes import AUTO_DTYPE, FLOAT_DTYPES, dtype_name
+from coglens.modeling.quantization import SCHEMES
 from coglens.processing.template import TemplateVersion
 from coglens.processing.video.strategies import DEFAULT_NUM_FRAMES, DEFAULT_WINDOW_S, SamplingStrategy
 from coglens.tiny.variants import DEFAULT_TINY_MODEL, TINY_PREFIX
@@ -25,6 +26,12 @@ from coglens.tiny.variants import DEFAULT_TINY_MODEL, TINY_PREFIX
 def _check_top_p(value: float) -> float:
     if not 0 < value <= 1:
         raise typer.BadParameter(f"{value} is not in (0, 1]")
+    return value
+
+
+def _check_scheme(value: str | None) -> str | None:
+    if value is not None and value not in SCHEMES:
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(SCHEMES)}")
     return value
 
 
@@ -46,6 +53,17 @@ DtypeOpt = Annotated[
 ]
 DeviceOpt = Annotated[
     str | None, typer.Option("--device", envvar="COGLENS_DEVICE", help="cpu | cuda | cuda:N | mps | auto.")
+]
+QuantizeOpt = Annotated[
+    str | None,
+    typer.Option("--quantize", metavar="[" + "|".join(SCHEMES) + "]", callback=_check_scheme,
+                 help="Quantize the weights while loading: int8 (1 byte a weight), int4, nf4 or fp4 (about half a "
+                 "byte; int4 needs CUDA). The vision tower, its adapter and lm_head stay in full precision unless "
+                 "--quantize-vision. A checkpoint saved quantized loads as saved, without this option."),
+]
+QuantizeVisionOpt = Annotated[
+    bool, typer.Option("--quantize-vision", help="With --quantize: quantize the vision tower, the GLU adapter and "
+                       "lm_head too (less memory, more quality loss).")
 ]
 ImageOpt = Annotated[Path | None, typer.Option("--image", "-i", help="Image file to ask about.")]
 VideoOpt = Annotated[Path | None, typer.Option("--video", help="Video file to ask about (CogVLM2-Video).")]
@@ -74,6 +92,12 @@ NumFramesOpt = Annotated[
 def check_dtype(dtype: str | None) -> None:
     if dtype not in (None, AUTO_DTYPE):
         dtype_name(dtype)  # the names the model loader takes (it raises for others)
+
+
+def check_quantize(quantize: str | None, quantize_vision: bool) -> None:
+    """``--quantize-vision`` alone would silently do nothing: say which option it needs."""
+    if quantize_vision and quantize is None:
+        raise ValueError(f"--quantize-vision needs --quantize {{{','.join(SCHEMES)}}}")
 
 
 def check_media_options(image: Path | None, video: Path | None, boxes_out: Path | None, dtype: str | None) -> None:

@@ -19,6 +19,8 @@ from ._options import (
     MaxNewTokensOpt,
     ModelOpt,
     NumFramesOpt,
+    QuantizeOpt,
+    QuantizeVisionOpt,
     SeedOpt,
     TemperatureOpt,
     TemplateOpt,
@@ -28,6 +30,7 @@ from ._options import (
     VideoOpt,
     VideoStrategyOpt,
     check_media_options,
+    check_quantize,
 )
 
 if TYPE_CHECKING:
@@ -45,6 +48,8 @@ def ask(
     template: TemplateOpt = None,
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
+    quantize: QuantizeOpt = None,
+    quantize_vision: QuantizeVisionOpt = False,
     max_new_tokens: MaxNewTokensOpt = 64,
     temperature: TemperatureOpt = 0.0,
     top_p: TopPOpt = 1.0,
@@ -59,6 +64,7 @@ def ask(
     if boxes_out is not None and image is None:  # say so before the model runs, not after the answer
         raise ValueError("--boxes-out needs --image: boxes are drawn on the image they refer to")
     check_media_options(image, video, boxes_out, dtype)
+    check_quantize(quantize, quantize_vision)
     check_decoded(question, "the question")
 
     from ..engine import SamplingParams
@@ -69,7 +75,8 @@ def ask(
     params = SamplingParams.from_temperature(temperature, max_new_tokens=max_new_tokens, top_p=top_p, top_k=top_k,
                                              seed=seed)
     picture = load_image(image) if image is not None else None  # an unreadable image fails before the model loads
-    pipe = Pipeline.load(model, tokenizer=tokenizer, dtype=dtype, device=device)
+    pipe = Pipeline.load(model, tokenizer=tokenizer, dtype=dtype, device=device, quantize=quantize,
+                         quantize_vision=quantize_vision)
     images = load_media(pipe, image=picture, video=video, template=template, video_strategy=video_strategy,
                         num_frames=num_frames)
     answer = []

@@ -16,6 +16,8 @@ from ._options import (
     ImageOpt,
     MaxNewTokensOpt,
     ModelOpt,
+    QuantizeOpt,
+    QuantizeVisionOpt,
     SeedOpt,
     TemperatureOpt,
     TemplateOpt,
@@ -24,6 +26,7 @@ from ._options import (
     TopPOpt,
     VideoOpt,
     check_media_options,
+    check_quantize,
 )
 
 GroundingOpt = Annotated[
@@ -47,6 +50,8 @@ def chat(
     boxes_out: BoxesOutOpt = None,
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
+    quantize: QuantizeOpt = None,
+    quantize_vision: QuantizeVisionOpt = False,
     max_new_tokens: MaxNewTokensOpt = 512,
     temperature: TemperatureOpt = 0.0,
     top_p: TopPOpt = 1.0,
@@ -60,6 +65,7 @@ def chat(
     if grounding and template not in (None, "base"):
         raise typer.BadParameter(f"--grounding uses the base template; drop --template {template}")
     check_media_options(image, video, boxes_out, dtype)
+    check_quantize(quantize, quantize_vision)
 
     from ..chat.repl import ChatRepl
     from ..chat.session import ChatSession
@@ -71,7 +77,8 @@ def chat(
     _read_undecodable_input()
     _enable_line_editing()
     typer.echo("Loading the model...", err=True)
-    pipe = Pipeline.load(model, tokenizer=tokenizer, dtype=dtype, device=device, max_batch_size=1)
+    pipe = Pipeline.load(model, tokenizer=tokenizer, dtype=dtype, device=device, max_batch_size=1,
+                         quantize=quantize, quantize_vision=quantize_vision)
     session = ChatSession(pipe, template="base" if grounding else template, multi_image=multi_image)
     if image is not None:
         session.set_media(session.load_image(image))

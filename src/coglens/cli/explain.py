@@ -12,11 +12,14 @@ from ._options import (
     DtypeOpt,
     MaxNewTokensOpt,
     ModelOpt,
+    QuantizeOpt,
+    QuantizeVisionOpt,
     TemplateOpt,
     TokenizerOpt,
     check_dtype,
     check_input_file,
     check_output_file,
+    check_quantize,
 )
 
 ExplainImageOpt = Annotated[Path, typer.Option("--image", "-i", help="Image file to ask about.")]
@@ -38,6 +41,8 @@ def explain(
     template: TemplateOpt = None,
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
+    quantize: QuantizeOpt = None,
+    quantize_vision: QuantizeVisionOpt = False,
     max_new_tokens: MaxNewTokensOpt = 32,
 ) -> None:
     """Answer (greedy), then picture how much each image patch is attended to by the answer's tokens."""
@@ -47,6 +52,7 @@ def explain(
     check_input_file(image, "--image")
     check_output_file(out, "--out")
     check_dtype(dtype)
+    check_quantize(quantize, quantize_vision)
     _check_selection(layers, "--layers")
     _check_selection(heads, "--heads")
 
@@ -57,7 +63,8 @@ def explain(
     from ..processing.image import load_image
 
     picture = load_image(image)
-    pipe = Pipeline.load(model, tokenizer=tokenizer, dtype=dtype, device=device, max_batch_size=1)
+    pipe = Pipeline.load(model, tokenizer=tokenizer, dtype=dtype, device=device, max_batch_size=1,
+                         quantize=quantize, quantize_vision=quantize_vision)
     config = pipe.config
     result = image_attention(
         pipe, picture, question, template=template, params=SamplingParams(max_new_tokens=max_new_tokens),

@@ -19,7 +19,7 @@ from coglens.modeling.dtypes import DTYPE_CHOICES
 from coglens.tiny.variants import TINY_PREFIX
 
 from ._errors import lens_errors_exit
-from ._options import check_input_dir, check_input_file, check_output_file
+from ._options import QuantizeOpt, QuantizeVisionOpt, check_input_dir, check_input_file, check_output_file
 
 ConfigOpt = Annotated[
     Path | None,
@@ -76,6 +76,8 @@ def extract(
     output: OutputOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
+    quantize: QuantizeOpt = None,
+    quantize_vision: QuantizeVisionOpt = False,
     store_dtype: StoreDtypeOpt = None,
     batch_size: BatchSizeOpt = None,
     run_name: RunNameOpt = None,
@@ -112,6 +114,8 @@ def extract(
         "output": output,
         "device": device,
         "dtype": dtype,
+        "quantize": quantize,
+        "quantize_vision": quantize_vision or None,
         "store_dtype": store_dtype,
         "batch_size": batch_size,
         "run_name": run_name,

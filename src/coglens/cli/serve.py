@@ -8,7 +8,17 @@ from typing import Annotated
 
 import typer
 
-from ._options import DeviceOpt, DtypeOpt, ModelOpt, TemplateOpt, TokenizerOpt, check_dtype
+from ._options import (
+    DeviceOpt,
+    DtypeOpt,
+    ModelOpt,
+    QuantizeOpt,
+    QuantizeVisionOpt,
+    TemplateOpt,
+    TokenizerOpt,
+    check_dtype,
+    check_quantize,
+)
 
 MIB = 1 << 20
 
@@ -18,6 +28,8 @@ def serve(
     tokenizer: TokenizerOpt = None,
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
+    quantize: QuantizeOpt = None,
+    quantize_vision: QuantizeVisionOpt = False,
     host: Annotated[str, typer.Option("--host", help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port.")] = 8000,
     api_key: Annotated[str | None, typer.Option(
@@ -61,6 +73,7 @@ def serve(
     # The checks that need none of the server's modules (fastapi, torch: seconds) come first; the same
     # words as ServeSettings / ServeLimits, which check again for API users.
     check_dtype(dtype)
+    check_quantize(quantize, quantize_vision)
     log_level_number(log_level)
     if max_batch_size < 1:
         raise ValueError(f"--max-batch-size must be >= 1, got {max_batch_size}")
@@ -86,7 +99,8 @@ def serve(
     from ..serve.settings import ServeSettings
 
     settings = ServeSettings(
-        model=model or DEFAULT_TINY_MODEL, tokenizer=tokenizer, dtype=dtype, device=device,
+        model=model or DEFAULT_TINY_MODEL, tokenizer=tokenizer, dtype=dtype, device=device, quantize=quantize,
+        quantize_vision=quantize_vision,
         max_batch_size=max_batch_size, served_model_names=tuple(served_model_name or ()), template=template,
         api_key=api_key, cors_origins=tuple(cors_origin or ()), allow_local_media=allow_local_media,
         allow_remote_media=allow_remote_media, limits=limits,
@@ -94,7 +108,7 @@ def serve(
     configure_logging(log_level)
     # Loading here (not in the lifespan) turns a bad --model into one clear error line instead of a traceback.
     pipeline = Pipeline.load(settings.model, tokenizer=tokenizer, dtype=dtype, device=device,
-                             max_batch_size=max_batch_size)
+                             max_batch_size=max_batch_size, quantize=quantize, quantize_vision=quantize_vision)
     uvicorn.run(create_app(settings, pipeline=pipeline), host=host, port=port, log_level=log_level.lower(),
                 access_log=False)  # our own JSON access log replaces uvicorn's
 

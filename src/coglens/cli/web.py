@@ -6,7 +6,16 @@ from typing import Annotated
 
 import typer
 
-from ._options import DeviceOpt, DtypeOpt, ModelOpt, TokenizerOpt, check_dtype
+from ._options import (
+    DeviceOpt,
+    DtypeOpt,
+    ModelOpt,
+    QuantizeOpt,
+    QuantizeVisionOpt,
+    TokenizerOpt,
+    check_dtype,
+    check_quantize,
+)
 
 
 def web(
@@ -14,6 +23,8 @@ def web(
     tokenizer: TokenizerOpt = None,
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
+    quantize: QuantizeOpt = None,
+    quantize_vision: QuantizeVisionOpt = False,
     host: Annotated[str, typer.Option("--host", help="Interface to listen on (0.0.0.0: all).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on.")] = 7860,
     share: Annotated[bool, typer.Option("--share/--no-share", help="Also open a gradio.live link.")] = False,
@@ -23,6 +34,7 @@ def web(
 ) -> None:
     """Serve the web chat demo: image/video upload, streamed answers, grounding boxes drawn."""
     check_dtype(dtype)
+    check_quantize(quantize, quantize_vision)
     try:
         from ..chat.web import launch
     except ImportError as exc:  # Gradio is an optional extra
@@ -31,6 +43,6 @@ def web(
     from ..pipeline import Pipeline
 
     pipe = Pipeline.load(model, tokenizer=tokenizer, dtype=dtype, device=device,
-                         max_batch_size=max_batch_size)
+                         max_batch_size=max_batch_size, quantize=quantize, quantize_vision=quantize_vision)
     typer.echo(f"Serving {pipe.model_path} on http://{host}:{port} (Ctrl-C stops)", err=True)
     launch(pipe, host=host, port=port, share=share)

@@ -9,6 +9,7 @@ __getattr__, __dir__, _lazy_names = lazy_exports(__name__, {
     ".configuration_cogvlm": ("ConfigError", "Cogvlm2Config", "Cogvlm2VideoConfig", "CogvlmConfig",
                               "CogvlmVisionConfig", "load_config"),
     ".loading": ("CheckpointError",),
+    ".quantization": ("QuantizationError", "quantization_config"),
     ".modeling_cogvlm": ("Cogvlm2ForCausalLM", "Cogvlm2Model", "Cogvlm2VideoForCausalLM", "Cogvlm2VideoModel",
                          "CogvlmForCausalLM", "CogvlmModel",
                          "CogvlmPreTrainedModel", "ModelInputError"),

@@ -27,6 +27,7 @@ from ..hub import pop_hub_kwargs, resolve_checkpoint
 from .attention import attention_function
 from .configuration_cogvlm import COGVLM, COGVLM2_VIDEO, CogvlmConfig, ConfigError, declares_variant, load_config
 from .dtypes import AUTO_DTYPE, dtype_name, unknown_dtype
+from .quantization import QuantizationError, with_default_skips
 
 logger = logging.getLogger(__name__)
 
@@ -177,6 +178,9 @@ def load_pretrained(
     ``low_cpu_mem_usage``...) are accepted and have no effect. A ``CogvlmModel`` checkpoint loads into
     ``CogvlmForCausalLM`` and back (``base_model_prefix``); missing weights are initialised and reported, as
     transformers does, and unexpected ones are reported and skipped.
+
+    ``quantization_config=`` (or ``load_in_8bit``/``load_in_4bit``), and a folder whose config.json carries a
+    ``quantization_config``, load through transformers' own loader (see :func:`_load_quantized`).
     """
     if device_map is None:  # a device context (``with torch.device(...)``) places the weights, as in transformers
         context_device = torch.empty(0).device
@@ -195,6 +199,7 @@ def load_pretrained(
         config = load_config(config if config is not None else folder)
     else:
         config = copy.deepcopy(config)
+    quantization = _quantization_request(kwargs)
     _refuse_unsupported(kwargs)
     for key in [k for k in kwargs if hasattr(config, k)]:  # config overrides, as transformers takes them
         setattr(config, key, kwargs.pop(key))
@@ -220,6 +225,9 @@ def load_pretrained(
         config.variant = COGVLM2_VIDEO
     target_dtype = resolve_dtype(torch_dtype if torch_dtype is not None else dtype, config, checkpoint_dtype(files))
     config.dtype = target_dtype
+    if quantization is not None or getattr(config, "quantization_config", None) is not None:
+        return _load_quantized(cls, folder, config, quantization, device_map=device_map, max_memory=max_memory,
+                               offload_folder=offload_folder, output_loading_info=output_loading_info)
     source = str(folder) if folder is not None else "the given state_dict"
 
     with init_empty_weights(include_buffers=False):
@@ -289,8 +297,7 @@ _NO_OP_KWARGS = ("trust_remote_code", "low_cpu_mem_usage", "use_safetensors", "r
                  "code_revision", "_fast_init", "_from_auto", "_from_pipeline", "_commit_hash", "adapter_kwargs",
                  "ignore_mismatched_sizes")  # a shape mismatch stays an error naming file, key and shapes
 _NOT_YET = {
-    "quantization_config": "quantized loading", "load_in_8bit": "quantized loading",
-    "load_in_4bit": "quantized loading", "variant": "weight-file variants (variant=)",
+    "variant": "weight-file variants (variant=)",
     "subfolder": "checkpoints in a subfolder (subfolder=)", "tp_plan": "tensor parallelism (tp_plan=)",
     "key_mapping": "renamed checkpoint keys (key_mapping=)",
 }
@@ -308,6 +315,67 @@ def _refuse_unsupported(kwargs: dict[str, Any]) -> None:
         )
     for key in _NOT_YET:
         kwargs.pop(key, None)
+
+
+def _quantization_request(kwargs: dict[str, Any]) -> Any:
+    """The quantization asked for: ``quantization_config=`` (a config object, or its dict as config.json stores
+    it), or transformers' older ``load_in_8bit=True`` / ``load_in_4bit=True`` shorthands (bitsandbytes with its
+    defaults); None when none is."""
+    config = kwargs.pop("quantization_config", None)
+    if isinstance(config, dict):
+        from transformers.quantizers.auto import AutoQuantizationConfig
+
+        config = AutoQuantizationConfig.from_dict(config)
+    shorthands = {key: True for key in ("load_in_8bit", "load_in_4bit") if kwargs.pop(key, False)}
+    if shorthands and (config is not None or len(shorthands) > 1):
+        raise QuantizationError(
+            f"pass one quantization: {', '.join([*shorthands, *(['quantization_config'] if config else [])])} "
+            "were all given"
+        )
+    if shorthands:
+        from transformers import BitsAndBytesConfig
+
+        return BitsAndBytesConfig(**shorthands)
+    return config
+
+
+def _load_quantized(
+    cls: type, folder: Path | None, config: CogvlmConfig, quantization: Any, *, device_map: Any,
+    max_memory: dict | None, offload_folder: str | os.PathLike | None, output_loading_info: bool,
+):
+    """Quantized loading, through transformers' own ``PreTrainedModel.from_pretrained`` and its quantizers.
+
+    The key names of THUDM's checkpoints are the model's, so transformers' loader reads them as released; it
+    quantizes each weight as it is read (one full-precision tensor at a time), or, when config.json carries a
+    ``quantization_config`` (THUDM's int4 release, a ``save_pretrained`` of a quantized model), loads the stored
+    quantized tensors as they are: nothing is quantized again and no full-precision copy is ever built. A
+    requested quantization without a skip list gets the class's ``_skip_quantization_modules``; a saved one is
+    used exactly as stored (its skip list is what its weights were quantized with).
+    """
+    from transformers import PreTrainedModel
+
+    saved = getattr(config, "quantization_config", None)
+    if folder is None:
+        raise CheckpointError("quantized loading reads a checkpoint folder: save the state_dict with "
+                              "save_pretrained and load that folder")
+    if saved is not None and quantization is not None:
+        method = saved.get("quant_method", "?") if isinstance(saved, dict) else type(saved).__name__
+        raise QuantizationError(
+            f"{folder} is already quantized ({method} in its config.json) and loads as it was saved: "
+            "leave out quantization_config (--quantize)"
+        )
+    int4 = type(getattr(quantization, "quant_type", None)).__name__ == "Int4WeightOnlyConfig"
+    if int4 and config.dtype != torch.bfloat16:  # torchao would fail deep in every layer's conversion
+        asked = str(config.dtype).removeprefix("torch.")
+        raise QuantizationError(f"int4 (torchao int4 weight-only) runs in bfloat16 only; load with "
+                                f"dtype=torch.bfloat16 (--dtype bfloat16), not {asked}")
+    options: dict[str, Any] = {"config": config, "dtype": config.dtype, "output_loading_info": output_loading_info}
+    if quantization is not None:
+        options["quantization_config"] = with_default_skips(quantization, cls._skip_quantization_modules)
+    for key, value in (("device_map", device_map), ("max_memory", max_memory), ("offload_folder", offload_folder)):
+        if value is not None:
+            options[key] = value
+    return PreTrainedModel.from_pretrained.__func__(cls, folder, **options)
 
 
 def _prefix_mapper(expected: set[str], keys: set[str], prefix: str) -> Callable[[str], str]:

@@ -64,6 +64,13 @@ class CogvlmPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True  # the decoder and ViT layers are GradientCheckpointingLayers
     # THUDM's checkpoints store the rotary tables; a checkpoint without them (ours, or a fine-tune's) is complete
     _keys_to_ignore_on_load_missing = [r"rotary_emb\.inv_freq"]
+    # Kept in full precision when quantizing, unless asked otherwise: the vision tower with its GLU adapter and
+    # the LM head, where users saw quantization hurt most. Prefixes in transformers' skip-list syntax (matched at
+    # a module boundary: "model.vision" is not the LM's vision experts); loading copies them into the
+    # quantization config (`llm_int8_skip_modules` / `modules_to_not_convert`), which save_pretrained stores.
+    # Not `_keep_in_fp32_modules`: transformers always adds those, which would forbid quantizing the tower and
+    # refuse THUDM's int4 release (whose tower is quantized), and they upcast to float32 in float16.
+    _skip_quantization_modules = ["model.vision", "lm_head"]
 
     def _init_weights(self, module: nn.Module) -> None:
         """transformers' defaults (linears, embeddings, norms) plus CogVLM's own parameters and rotary table."""
@@ -86,6 +93,8 @@ class CogvlmPreTrainedModel(PreTrainedModel):
 
 
 class CogvlmModel(CogvlmPreTrainedModel):
+    _skip_quantization_modules = ["vision"]  # the base model's names have no "model." prefix
+
     def __init__(self, config: CogvlmConfig) -> None:
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)

@@ -3,7 +3,8 @@
 VLM-Lens keys: ``architecture``, ``model_path``, ``model`` and ``forward`` (lists of one-key maps, merged),
 ``modules``, ``prompt``, ``input_dir``, ``dataset`` (list of one-key maps, merged into one source),
 ``output_db``, ``pooling_method``, ``device``, ``debug``, ``log_named_modules``. CogLens adds ``output`` (a
-path or database URL; the same setting as ``output_db``), ``output_format``, ``dtype``, ``store_dtype``,
+path or database URL; the same setting as ``output_db``), ``output_format``, ``dtype``, ``quantize`` and
+``quantize_vision`` (as ``--quantize``, ``--quantize-vision``), ``store_dtype``,
 ``batch_size``, ``run_name``, ``overwrite``, ``manifest``, ``capture``, ``tokens``, ``pooling`` (the same
 setting as ``pooling_method``), ``steps``, and module entries written as maps
 (``{name: PATTERN, tokens: ..., pooling: ..., path: ...}``) besides plain patterns.
@@ -33,6 +34,7 @@ from coglens.lens.store.connection import without_password
 from coglens.lens.store.formats import COGLENS_FORMAT, MODEL_STORE_DTYPE, OUTPUT_FORMATS, STORE_DTYPES
 from coglens.modeling.configuration_cogvlm import VARIANTS
 from coglens.modeling.dtypes import AUTO_DTYPE, DTYPE_CHOICES
+from coglens.modeling.quantization import SCHEMES
 from coglens.processing.template import TEMPLATE_VERSIONS
 
 logger = logging.getLogger(__name__)
@@ -61,6 +63,8 @@ COGLENS_KEYS = (
     "output",
     "output_format",
     "dtype",
+    "quantize",
+    "quantize_vision",
     "store_dtype",
     "batch_size",
     "run_name",
@@ -121,6 +125,8 @@ class LensConfig:
     output_format: str = COGLENS_FORMAT
     device: str | None = None  # None = the runner's choice (cuda when available)
     dtype: str = AUTO_DTYPE
+    quantize: str | None = None  # one of coglens.modeling.quantization.SCHEMES; None = full precision
+    quantize_vision: bool = False  # quantize the vision tower, adapter and lm_head too
     store_dtype: str = MODEL_STORE_DTYPE
     batch_size: int = 1
     run_name: str | None = None
@@ -404,6 +410,10 @@ def load_lens_config(path: str | Path | None, overrides: Mapping[str, Any] | Non
     device = reader.text("device")
     if device is not None and not _DEVICE.fullmatch(device):
         raise reader.fail("device", device, "one of: " + DEVICE_CHOICES)
+    quantize = reader.choice("quantize", SCHEMES, None)
+    quantize_vision = bool(reader.boolean("quantize_vision", False))
+    if quantize_vision and quantize is None:
+        raise reader.fail("quantize_vision", True, f"only together with quantize: {' | '.join(SCHEMES)}")
     pooling = _aliased(reader, "pooling", "pooling_method")
     if pooling is not None and pooling not in POOLING_CHOICES:
         key = "pooling" if reader.get("pooling") is not None else "pooling_method"
@@ -423,6 +433,8 @@ def load_lens_config(path: str | Path | None, overrides: Mapping[str, Any] | Non
         output_format=reader.choice("output_format", OUTPUT_FORMATS, COGLENS_FORMAT),
         device=device,
         dtype=reader.choice("dtype", DTYPE_CHOICES, AUTO_DTYPE),
+        quantize=quantize,
+        quantize_vision=quantize_vision,
         store_dtype=reader.choice("store_dtype", STORE_DTYPES, MODEL_STORE_DTYPE),
         batch_size=_positive_int(reader, "batch_size", 1),
         run_name=reader.text("run_name"),

@@ -83,6 +83,7 @@ def load_pipeline(config: LensConfig, ranks: Ranks | None = None) -> Pipeline:
     """The config's model and tokenizer, on the config's device (under torchrun: the rank's own GPU)."""
     ranks = ranks or Ranks()
     dtype = None if config.dtype == AUTO_DTYPE else config.dtype
+    quantized = {"quantize": config.quantize, "quantize_vision": config.quantize_vision}
     if config.device == "auto":
         if ranks.distributed:
             raise LensConfigError(
@@ -90,7 +91,7 @@ def load_pipeline(config: LensConfig, ranks: Ranks | None = None) -> Pipeline:
                 "takes the GPU of its LOCAL_RANK)"
             )
         return Pipeline.load(
-            config.model_path, tokenizer=config.model.tokenizer_path, dtype=dtype, device_map="auto"
+            config.model_path, tokenizer=config.model.tokenizer_path, dtype=dtype, device_map="auto", **quantized
         )
     return Pipeline.load(
         config.model_path,
@@ -98,6 +99,7 @@ def load_pipeline(config: LensConfig, ranks: Ranks | None = None) -> Pipeline:
         dtype=dtype,
         device=config.device,
         cuda_index=ranks.local_rank if ranks.distributed else None,
+        **quantized,
     )
 
 
