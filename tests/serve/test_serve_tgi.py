@@ -24,6 +24,13 @@ def test_text_generation_equals_the_engine(client, tiny_pipeline):
         tiny_pipeline, "Describe the scene.", 10)
 
 
+def test_chat_completion_of_a_client_pointed_at_the_url(server, tiny_pipeline):
+    """huggingface_hub sends model="dummy" to a URL, as TGI (one model, name ignored) expects."""
+    client = InferenceClient(base_url=f"{server.url}/v1", api_key=API_KEY)
+    reply = client.chat_completion([{"role": "user", "content": "Describe the scene."}], max_tokens=8, temperature=0)
+    assert reply.choices[0].message.content == greedy(tiny_pipeline, "Describe the scene.", 8)
+
+
 def test_stream_with_details_gives_tokens_and_a_final_answer(client, tiny_pipeline):
     expected = tiny_pipeline.ask("Tell me more.", params=greedy_params(12))
     events = list(client.text_generation("Tell me more.", max_new_tokens=12, stream=True, details=True))

@@ -38,6 +38,9 @@ from .limits import ServeLimits
 from .media import MediaLoader
 from .messages import Conversation, MediaRef
 
+# What huggingface_hub's InferenceClient sends as ``model`` when pointed at a server's URL ("tgi" before 0.25):
+# TGI serves one model and ignores the field, so these mean the served model here too.
+ANY_MODEL = ("dummy", "tgi")
 MIN_TEMPERATURE = 1e-5  # below this, sampling is greedy decoding (vLLM draws the same line)
 
 
@@ -126,8 +129,9 @@ class GenerationService:
         return self.model_names[0]
 
     def check_model(self, name: str | None, *, param: str = "model") -> None:
-        """Unknown model names are a 404 (``None``/empty means the served model)."""
-        if name and name not in self.model_names:
+        """Unknown model names are a 404 (``None``/empty, or a placeholder of TGI's clients, means the served
+        model)."""
+        if name and name not in self.model_names and name not in ANY_MODEL:
             served = ", ".join(repr(n) for n in self.model_names)
             raise ModelNotFoundError(f"model {name!r} is not served here; this server serves {served}",
                                      param=param, code="model_not_found")
