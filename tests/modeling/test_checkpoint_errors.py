@@ -31,11 +31,7 @@ def test_a_truncated_shard_is_named(tmp_path):
     assert str(shard) in line and "truncated or corrupt" in line and "download it again" in line
 
 
-@pytest.mark.parametrize(
-    ("field", "value"),
-    [("hidden_size", "abc"), ("hidden_size", 12.5), ("num_attention_heads", 0), ("vision_config.image_size", "x")],
-)
-def test_a_config_size_that_is_not_a_positive_integer_is_named(tmp_path, field, value):
+def _edit(field: str, value: object):
     def edit(config: dict) -> None:
         *parents, name = field.split(".")
         target = config
@@ -43,13 +39,31 @@ def test_a_config_size_that_is_not_a_positive_integer_is_named(tmp_path, field, 
             target = target[parent]
         target[name] = value
 
-    folder = copy_checkpoint(parity_folder("cogvlm2"), tmp_path / "bad", config=edit)
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("hidden_size", "abc"), ("hidden_size", 12.5), ("num_attention_heads", 0), ("vision_config.image_size", "x"),
+     ("num_hidden_layers", None), ("vision_config.num_hidden_layers", None), ("vocab_size", 10**12)],
+)
+def test_a_config_size_that_is_not_a_positive_integer_is_named(tmp_path, field, value):
+    folder = copy_checkpoint(parity_folder("cogvlm2"), tmp_path / "bad", config=_edit(field, value))
     line = _one_error_line("--model", str(folder))
     assert line == (
-        f"error: config field `{field}` in {folder / 'config.json'} must be a positive integer, got {value!r}"
+        f"error: config field `{field}` in {folder / 'config.json'} must be a positive integer (at most 16777216), "
+        f"got {value!r}"
     )
     with pytest.raises(ConfigError):
         CogvlmForCausalLM.from_pretrained(folder)
+
+
+@pytest.mark.parametrize(("field", "value"), [("rms_norm_eps", "x"), ("rms_norm_eps", -1.0), ("rope_theta", True),
+                                              ("vision_config.layer_norm_eps", None)])
+def test_a_config_number_that_is_not_positive_is_named(tmp_path, field, value):
+    folder = copy_checkpoint(parity_folder("cogvlm2"), tmp_path / "bad", config=_edit(field, value))
+    line = _one_error_line("--model", str(folder))
+    assert line == f"error: config field `{field}` in {folder / 'config.json'} must be a positive number, got {value!r}"
 
 
 @pytest.mark.parametrize("shard", ["../../../../../../etc/passwd", "/etc/passwd", "sub/../../model.safetensors"])

@@ -26,6 +26,10 @@ _POSITIVE_INTS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_
                   "num_multi_query_heads", "max_position_embeddings")
 _VISION_POSITIVE_INTS = ("image_size", "patch_size", "in_channels", "num_channels", "hidden_size",
                          "intermediate_size", "num_heads", "num_attention_heads", "num_hidden_layers", "num_positions")
+_NULLABLE = ("num_multi_query_heads",)  # null: no grouped-query attention (CogVLM)
+_MAX_SIZE = 1 << 24  # above any real model's size: a larger value is a typo that would ask for terabytes
+_POSITIVE_FLOATS = ("rms_norm_eps", "rope_theta", "initializer_range")
+_VISION_POSITIVE_FLOATS = ("layer_norm_eps",)
 
 
 class ConfigError(ValueError):
@@ -264,6 +268,8 @@ def load_config(path: str | Path, **overrides: Any) -> CogvlmConfig:
     raw.update(overrides)
     _check_sizes(raw, _POSITIVE_INTS, "", file)
     _check_sizes(raw["vision_config"], _VISION_POSITIVE_INTS, "vision_config.", file)
+    _check_floats(raw, _POSITIVE_FLOATS, "", file)
+    _check_floats(raw["vision_config"], _VISION_POSITIVE_FLOATS, "vision_config.", file)
     variant = raw.get("variant") or _MODEL_TYPE_TO_VARIANT.get(raw.get("model_type", ""))
     if variant is None:
         variant = infer_variant(raw.get("num_multi_query_heads"), raw.get("architectures"), COGVLM)
@@ -280,9 +286,19 @@ def declares_variant(folder: str | Path) -> bool:
 
 def _check_sizes(values: dict[str, Any], names: tuple[str, ...], prefix: str, file: Path) -> None:
     for name in names:
+        if name not in values or (values[name] is None and name in _NULLABLE):
+            continue
+        value = values[name]
+        if type(value) is not int or not 0 < value <= _MAX_SIZE:
+            raise ConfigError(f"config field `{prefix}{name}` in {file} must be a positive integer (at most "
+                              f"{_MAX_SIZE}), got {value!r}")
+
+
+def _check_floats(values: dict[str, Any], names: tuple[str, ...], prefix: str, file: Path) -> None:
+    for name in names:
         value = values.get(name)
-        if value is not None and (type(value) is not int or value <= 0):
-            raise ConfigError(f"config field `{prefix}{name}` in {file} must be a positive integer, got {value!r}")
+        if name in values and (type(value) not in (int, float) or not 0 < value < float("inf")):
+            raise ConfigError(f"config field `{prefix}{name}` in {file} must be a positive number, got {value!r}")
 
 
 def _require(ok: bool, field: str, message: str) -> None:
