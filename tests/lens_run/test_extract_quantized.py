@@ -51,3 +51,10 @@ def test_extract_captures_a_quantized_linear_close_to_full_precision(tmp_path, t
     with coglens.lens.open(tmp_path / "int8.db") as db:
         settings = json.loads(db.runs()["config"][0])
     assert (settings["quantize"], settings["quantize_vision"]) == ("int8", False)
+
+    # resuming the quantized run in full precision would mix both kinds of rows: refused, naming the setting
+    config = yaml.safe_load((tmp_path / "int8.yaml").read_text())
+    del config["quantize"]
+    (tmp_path / "int8.yaml").write_text(yaml.safe_dump(config))  # the same file: the same run name
+    again = run_cli("extract", "--config", str(tmp_path / "int8.yaml"), "--quiet")
+    assert again.returncode == 1 and "quantize: 'int8' -> None" in again.stderr, again.stderr

@@ -99,7 +99,7 @@ def test_video_stream_without_frames(tmp_path):
 )
 def test_limits_name_the_limit_and_how_to_raise_it(synthetic, limits, limit):
     path = synthetic["cfr"].path  # 4.5 s, 45 frames, a few kB
-    with pytest.raises(VideoLimitError, match=f"over the {limit} limit.*pass a larger {limit}=") as caught:
+    with pytest.raises(VideoLimitError, match=f"over the {limit} limit.*raise the limit.*{limit}=") as caught:
         load_video(path, **limits)
     assert caught.value.limit == limit
     assert isinstance(caught.value, VideoInputError)

@@ -28,6 +28,8 @@ CAPTURE_SETTINGS = (
     "store_dtype",
     "prompt",
     "model_dtype",
+    "quantize",  # quantized and full-precision activations must not mix in one run
+    "quantize_vision",
     "template_version",
     "tokenizer_path",
 )

@@ -28,7 +28,8 @@ class VideoLimitError(VideoInputError):
         what = f" ({detail})" if detail else ""
         super().__init__(
             f"{name}: {_number(value)} {unit}{what} is over the {limit} limit of {_number(allowed)} {unit}; "
-            f"{_ADVICE.get(limit, 'cut the video')}, or pass a larger {limit}= to decode_video/load_video"
+            f"{_ADVICE.get(limit, 'cut the video')}, or raise the limit (in Python: decode_video/load_video's "
+            f"{limit}=)"
         )
 
 
