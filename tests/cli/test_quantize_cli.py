@@ -78,6 +78,18 @@ def test_modules_lists_the_quantized_classes(loaded):
     assert _class_column(nf4.stdout) == {VISION_LINEAR: "Linear4bit"}  # bitsandbytes swaps the class
 
 
+def _params_column(out: str) -> dict[str, str]:
+    return {cells[1].strip(): cells[3].strip() for cells in (line.split("│") for line in out.splitlines())
+            if len(cells) > 3 and "model." in cells[1]}
+
+
+def test_modules_counts_the_unpacked_parameters_of_4bit_layers(tiny_pipeline):
+    nf4 = run_cli("modules", "--quantize", "nf4", "--quantize-vision", "--no-dry-run", "--match", VISION_LINEAR)
+    assert nf4.returncode == 0, nf4.stderr
+    expected = sum(p.numel() for p in tiny_pipeline.model.get_submodule(VISION_LINEAR).parameters(recurse=False))
+    assert _params_column(nf4.stdout) == {VISION_LINEAR: f"{expected:,}"}
+
+
 def test_chat_answers_with_the_quantized_model(loaded, tmp_path, monkeypatch):
     transcript = tmp_path / "chat.json"
     monkeypatch.setattr("sys.stdin", io.StringIO(f"What is in the image?\n/save {transcript}\n"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import fnmatch
+import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -188,8 +189,8 @@ def describe_modules(model: nn.Module, sample_inputs: Any = None) -> list[Module
             ModuleInfo(
                 name=name,
                 class_name=type(module).__name__,
-                own_parameters=sum(p.numel() for p in module.parameters(recurse=False)),
-                total_parameters=sum(p.numel() for p in module.parameters()),
+                own_parameters=sum(_count(p) for p in module.parameters(recurse=False)),
+                total_parameters=sum(_count(p) for p in module.parameters()),
                 calls=calls,
                 input=inp,
                 output=out,
@@ -222,3 +223,11 @@ def module_table(infos: Sequence[ModuleInfo]) -> Table:
 def module_log_text(infos: Sequence[ModuleInfo]) -> str:
     """VLM-Lens's ``logs/<model_path>.txt`` format: one module name a line, the root's empty name first."""
     return "".join(f"{info.name}\n" for info in infos)
+
+
+def _count(parameter: torch.Tensor) -> int:
+    """Parameters a tensor stands for: a packed 4-bit weight (bitsandbytes) holds two per byte, and knows its
+    unpacked shape."""
+    quant_state = getattr(parameter, "quant_state", None)
+    shape = getattr(quant_state, "shape", None)
+    return math.prod(shape) if shape is not None else parameter.numel()
