@@ -12,9 +12,11 @@ import importlib.util
 import sys
 from typing import Any
 
+from . import _quiet
 from ._lazy import lazy_exports
 
 __version__ = "0.1.0"
+_quiet.install()
 
 __getattr__, __dir__, _lazy_names = lazy_exports(__name__, {
     ".modeling": ("Cogvlm2Config", "Cogvlm2VideoConfig", "CogvlmConfig", "CogvlmForCausalLM", "CogvlmModel",

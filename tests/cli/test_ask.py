@@ -3,11 +3,12 @@ its clear errors for bad input."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
 from PIL import Image
-from testkit import copy_checkpoint, run_cli
+from testkit import coglens_command, copy_checkpoint, run_cli
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples/images/red_circle.png"
 
@@ -83,3 +84,13 @@ def test_ask_tokenizer_that_does_not_fit_the_embedding(tmp_path):
     out = run_cli("ask", "--model", str(folder), "hi")
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert "100" in out.stderr and "vocab" in out.stderr.lower()
+
+
+def test_a_fresh_process_says_only_what_matters_on_stderr():
+    """With the quant extra installed, transformers imports torchao, which logs on every start that its CUDA
+    kernels and Triton are missing on a CPU machine; none of that reaches the user."""
+    out = subprocess.run([*coglens_command(), "ask", "hi", "--max-new-tokens", "1"], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.splitlines() == [
+        "coglens: using the built-in tiny cogvlm2 model (random weights: its outputs are meaningless)"]
