@@ -73,6 +73,7 @@ class Pipeline:
         cuda_index: int | None = None,
         quantize: str | None = None,
         quantize_vision: bool = False,
+        adapter: str | Path | None = None,
     ) -> Pipeline:
         """Load a checkpoint folder (or ``tiny:VARIANT``; ``None`` = the tiny CogVLM2) with its tokenizer; `device`
         and `cuda_index` as :func:`pick_device` takes them.
@@ -91,8 +92,17 @@ class Pipeline:
         else:
             dev, placement = None, device_map
         quantized = _quantization_kwargs(quantize, quantize_vision, dev)  # fails before any download
+        if adapter is not None:
+            adapter = _check_adapter(adapter, quantize)
         path = resolve_model_path(model)
         loaded = CogvlmForCausalLM.from_pretrained(path, torch_dtype=dtype, device_map=placement, **quantized)
+        if adapter is not None:
+            from .modeling.adapters import AdapterError, apply_adapter
+
+            if getattr(loaded, "hf_quantizer", None) is not None:
+                raise AdapterError(f"{path} is saved quantized: an adapter cannot be merged into its weights; "
+                                   "merge it into the full-precision checkpoint (coglens merge-adapter)")
+            loaded = apply_adapter(loaded, adapter)
         tok = load_tokenizer(path, tokenizer, config=loaded.config)
         return cls(loaded, tok, Engine(loaded, tok, max_batch_size=max_batch_size), path)
 
@@ -132,6 +142,16 @@ class Pipeline:
 
     def ask(self, query: str, *, params: SamplingParams | None = None, **input_options: Any) -> GenerationResult:
         return self.engine.generate([self.request(query, params=params, **input_options)])[0]
+
+
+def _check_adapter(adapter: str | Path, quantize: str | None) -> Path:
+    """The adapter folder, checked before the model loads."""
+    from .modeling.adapters import AdapterError, check_adapter_folder
+
+    if quantize is not None:
+        raise AdapterError("an adapter cannot be merged into quantized weights: merge it first "
+                           "(coglens merge-adapter BASE ADAPTER OUT), then load OUT with quantize")
+    return check_adapter_folder(adapter)
 
 
 def _quantization_kwargs(scheme: str | None, vision: bool, device: torch.device | None) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 This module is imported to build the ``coglens`` command, so ``coglens --help`` loads it: it must stay light
 (typer, click, the standard library, and the light coglens modules that hold the names users choose from:
 ``coglens.processing.template``, ``coglens.processing.video.strategies``, ``coglens.modeling.dtypes``,
-``coglens.modeling.quantization``, ``coglens.tiny.variants``; never
+``coglens.modeling.quantization``, ``coglens.modeling.adapters``, ``coglens.tiny.variants``; never
 torch, transformers or the modules that import them). The checks below run first thing in a command, so a bad
 option fails in milliseconds, not after the model loads.
 """
@@ -16,6 +16,7 @@ from typing import Annotated
 
 import typer
 
+from coglens.modeling.adapters import check_adapter_folder
 from coglens.modeling.dtypes import AUTO_DTYPE, FLOAT_DTYPES, dtype_name
 from coglens.modeling.quantization import SCHEMES
 from coglens.processing.template import TemplateVersion
@@ -65,6 +66,12 @@ QuantizeVisionOpt = Annotated[
     bool, typer.Option("--quantize-vision", help="With --quantize: quantize the vision tower, the GLU adapter and "
                        "lm_head too (less memory, more quality loss).")
 ]
+AdapterOpt = Annotated[
+    Path | None,
+    typer.Option("--adapter", help="PEFT adapter folder (adapter_config.json + adapter_model.safetensors, e.g. a "
+                 "LoRA) to merge into the model's weights as it loads. Not with --quantize: merge it first with "
+                 "`coglens merge-adapter`."),
+]
 ImageOpt = Annotated[Path | None, typer.Option("--image", "-i", help="Image file to ask about.")]
 VideoOpt = Annotated[Path | None, typer.Option("--video", help="Video file to ask about (CogVLM2-Video).")]
 MaxNewTokensOpt = Annotated[int, typer.Option("--max-new-tokens", min=1, help="Most tokens to generate.")]
@@ -98,6 +105,16 @@ def check_quantize(quantize: str | None, quantize_vision: bool) -> None:
     """``--quantize-vision`` alone would silently do nothing: say which option it needs."""
     if quantize_vision and quantize is None:
         raise ValueError(f"--quantize-vision needs --quantize {{{','.join(SCHEMES)}}}")
+
+
+def check_adapter(adapter: Path | None, quantize: str | None) -> None:
+    """``--adapter`` is a PEFT adapter folder, and not combined with ``--quantize`` (it would be rounded away)."""
+    if adapter is None:
+        return
+    if quantize is not None:
+        raise ValueError("--adapter cannot be merged into --quantize weights: run `coglens merge-adapter BASE "
+                         "ADAPTER OUT` first, then --model OUT --quantize")
+    check_adapter_folder(adapter)
 
 
 def check_media_options(image: Path | None, video: Path | None, boxes_out: Path | None, dtype: str | None) -> None:

@@ -12,6 +12,7 @@ from coglens.chat.text import check_decoded
 from coglens.processing.video.strategies import DEFAULT_NUM_FRAMES
 
 from ._options import (
+    AdapterOpt,
     BoxesOutOpt,
     DeviceOpt,
     DtypeOpt,
@@ -29,6 +30,7 @@ from ._options import (
     TopPOpt,
     VideoOpt,
     VideoStrategyOpt,
+    check_adapter,
     check_media_options,
     check_quantize,
 )
@@ -50,6 +52,7 @@ def ask(
     device: DeviceOpt = None,
     quantize: QuantizeOpt = None,
     quantize_vision: QuantizeVisionOpt = False,
+    adapter: AdapterOpt = None,
     max_new_tokens: MaxNewTokensOpt = 64,
     temperature: TemperatureOpt = 0.0,
     top_p: TopPOpt = 1.0,
@@ -65,6 +68,7 @@ def ask(
         raise ValueError("--boxes-out needs --image: boxes are drawn on the image they refer to")
     check_media_options(image, video, boxes_out, dtype)
     check_quantize(quantize, quantize_vision)
+    check_adapter(adapter, quantize)
     check_decoded(question, "the question")
 
     from ..engine import SamplingParams
@@ -76,7 +80,8 @@ def ask(
                                              seed=seed)
     picture = load_image(image) if image is not None else None  # an unreadable image fails before the model loads
     pipe = Pipeline.load(model, tokenizer=tokenizer, dtype=dtype, device=device, quantize=quantize,
-                         quantize_vision=quantize_vision)
+                         quantize_vision=quantize_vision,
+                         adapter=adapter)
     images = load_media(pipe, image=picture, video=video, template=template, video_strategy=video_strategy,
                         num_frames=num_frames)
     answer = []

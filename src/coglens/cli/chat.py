@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from ._options import (
+    AdapterOpt,
     BoxesOutOpt,
     DeviceOpt,
     DtypeOpt,
@@ -25,6 +26,7 @@ from ._options import (
     TopKOpt,
     TopPOpt,
     VideoOpt,
+    check_adapter,
     check_media_options,
     check_quantize,
 )
@@ -52,6 +54,7 @@ def chat(
     device: DeviceOpt = None,
     quantize: QuantizeOpt = None,
     quantize_vision: QuantizeVisionOpt = False,
+    adapter: AdapterOpt = None,
     max_new_tokens: MaxNewTokensOpt = 512,
     temperature: TemperatureOpt = 0.0,
     top_p: TopPOpt = 1.0,
@@ -66,6 +69,7 @@ def chat(
         raise typer.BadParameter(f"--grounding uses the base template; drop --template {template}")
     check_media_options(image, video, boxes_out, dtype)
     check_quantize(quantize, quantize_vision)
+    check_adapter(adapter, quantize)
 
     from ..chat.repl import ChatRepl
     from ..chat.session import ChatSession
@@ -78,7 +82,8 @@ def chat(
     _enable_line_editing()
     typer.echo("Loading the model...", err=True)
     pipe = Pipeline.load(model, tokenizer=tokenizer, dtype=dtype, device=device, max_batch_size=1,
-                         quantize=quantize, quantize_vision=quantize_vision)
+                         quantize=quantize, quantize_vision=quantize_vision,
+                         adapter=adapter)
     session = ChatSession(pipe, template="base" if grounding else template, multi_image=multi_image)
     if image is not None:
         session.set_media(session.load_image(image))

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from ._options import (
+    AdapterOpt,
     DeviceOpt,
     DtypeOpt,
     MaxNewTokensOpt,
@@ -16,6 +17,7 @@ from ._options import (
     QuantizeVisionOpt,
     TemplateOpt,
     TokenizerOpt,
+    check_adapter,
     check_dtype,
     check_input_file,
     check_output_file,
@@ -43,6 +45,7 @@ def explain(
     device: DeviceOpt = None,
     quantize: QuantizeOpt = None,
     quantize_vision: QuantizeVisionOpt = False,
+    adapter: AdapterOpt = None,
     max_new_tokens: MaxNewTokensOpt = 32,
 ) -> None:
     """Answer (greedy), then picture how much each image patch is attended to by the answer's tokens."""
@@ -53,6 +56,7 @@ def explain(
     check_output_file(out, "--out")
     check_dtype(dtype)
     check_quantize(quantize, quantize_vision)
+    check_adapter(adapter, quantize)
     _check_selection(layers, "--layers")
     _check_selection(heads, "--heads")
 
@@ -64,7 +68,8 @@ def explain(
 
     picture = load_image(image)
     pipe = Pipeline.load(model, tokenizer=tokenizer, dtype=dtype, device=device, max_batch_size=1,
-                         quantize=quantize, quantize_vision=quantize_vision)
+                         quantize=quantize, quantize_vision=quantize_vision,
+                         adapter=adapter)
     config = pipe.config
     result = image_attention(
         pipe, picture, question, template=template, params=SamplingParams(max_new_tokens=max_new_tokens),

@@ -16,7 +16,9 @@ from .chat import chat
 from .explain import explain
 from .export import export_command
 from .extract import extract
+from .finetune import finetune
 from .merge import merge_command
+from .merge_adapter import merge_adapter_command
 from .modules import modules
 from .serve import serve
 from .tiny import tiny
@@ -35,10 +37,12 @@ app.command()(extract)
 app.command()(modules)
 app.command("export")(export_command)
 app.command("merge")(merge_command)
+app.command("merge-adapter")(merge_adapter_command)
 app.command()(serve)
 app.command()(chat)
 app.command()(web)
 app.command()(explain)
+app.command()(finetune)
 
 
 def main() -> None:

@@ -7,12 +7,14 @@ from typing import Annotated
 import typer
 
 from ._options import (
+    AdapterOpt,
     DeviceOpt,
     DtypeOpt,
     ModelOpt,
     QuantizeOpt,
     QuantizeVisionOpt,
     TokenizerOpt,
+    check_adapter,
     check_dtype,
     check_quantize,
 )
@@ -25,6 +27,7 @@ def web(
     device: DeviceOpt = None,
     quantize: QuantizeOpt = None,
     quantize_vision: QuantizeVisionOpt = False,
+    adapter: AdapterOpt = None,
     host: Annotated[str, typer.Option("--host", help="Interface to listen on (0.0.0.0: all).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on.")] = 7860,
     share: Annotated[bool, typer.Option("--share/--no-share", help="Also open a gradio.live link.")] = False,
@@ -35,6 +38,7 @@ def web(
     """Serve the web chat demo: image/video upload, streamed answers, grounding boxes drawn."""
     check_dtype(dtype)
     check_quantize(quantize, quantize_vision)
+    check_adapter(adapter, quantize)
     try:
         from ..chat.web import launch
     except ImportError as exc:  # Gradio is an optional extra
@@ -43,6 +47,7 @@ def web(
     from ..pipeline import Pipeline
 
     pipe = Pipeline.load(model, tokenizer=tokenizer, dtype=dtype, device=device,
-                         max_batch_size=max_batch_size, quantize=quantize, quantize_vision=quantize_vision)
+                         max_batch_size=max_batch_size, quantize=quantize, quantize_vision=quantize_vision,
+                         adapter=adapter)
     typer.echo(f"Serving {pipe.model_path} on http://{host}:{port} (Ctrl-C stops)", err=True)
     launch(pipe, host=host, port=port, share=share)

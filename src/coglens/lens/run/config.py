@@ -4,7 +4,8 @@ VLM-Lens keys: ``architecture``, ``model_path``, ``model`` and ``forward`` (list
 ``modules``, ``prompt``, ``input_dir``, ``dataset`` (list of one-key maps, merged into one source),
 ``output_db``, ``pooling_method``, ``device``, ``debug``, ``log_named_modules``. CogLens adds ``output`` (a
 path or database URL; the same setting as ``output_db``), ``output_format``, ``dtype``, ``quantize`` and
-``quantize_vision`` (as ``--quantize``, ``--quantize-vision``), ``store_dtype``,
+``quantize_vision`` (as ``--quantize``, ``--quantize-vision``), ``adapter`` (a PEFT adapter folder merged into the
+weights, as ``--adapter``; recorded as an absolute path, so the run says which adapter), ``store_dtype``,
 ``batch_size``, ``run_name``, ``overwrite``, ``manifest``, ``capture``, ``tokens``, ``pooling`` (the same
 setting as ``pooling_method``), ``steps``, and module entries written as maps
 (``{name: PATTERN, tokens: ..., pooling: ..., path: ...}``) besides plain patterns.
@@ -65,6 +66,7 @@ COGLENS_KEYS = (
     "dtype",
     "quantize",
     "quantize_vision",
+    "adapter",
     "store_dtype",
     "batch_size",
     "run_name",
@@ -127,6 +129,7 @@ class LensConfig:
     dtype: str = AUTO_DTYPE
     quantize: str | None = None  # one of coglens.modeling.quantization.SCHEMES; None = full precision
     quantize_vision: bool = False  # quantize the vision tower, adapter and lm_head too
+    adapter: str | None = None  # absolute path of a PEFT adapter folder merged into the weights; None = none
     store_dtype: str = MODEL_STORE_DTYPE
     batch_size: int = 1
     run_name: str | None = None
@@ -414,6 +417,10 @@ def load_lens_config(path: str | Path | None, overrides: Mapping[str, Any] | Non
     quantize_vision = bool(reader.boolean("quantize_vision", False))
     if quantize_vision and quantize is None:
         raise reader.fail("quantize_vision", True, f"only together with quantize: {' | '.join(SCHEMES)}")
+    adapter = reader.text("adapter")
+    if adapter is not None and quantize is not None:
+        raise reader.fail("adapter", adapter, "no quantize with it: merge the adapter first (coglens merge-adapter) "
+                          "and quantize the merged checkpoint")
     pooling = _aliased(reader, "pooling", "pooling_method")
     if pooling is not None and pooling not in POOLING_CHOICES:
         key = "pooling" if reader.get("pooling") is not None else "pooling_method"
@@ -435,6 +442,7 @@ def load_lens_config(path: str | Path | None, overrides: Mapping[str, Any] | Non
         dtype=reader.choice("dtype", DTYPE_CHOICES, AUTO_DTYPE),
         quantize=quantize,
         quantize_vision=quantize_vision,
+        adapter=None if adapter is None else str(Path(adapter).expanduser().absolute()),
         store_dtype=reader.choice("store_dtype", STORE_DTYPES, MODEL_STORE_DTYPE),
         batch_size=_positive_int(reader, "batch_size", 1),
         run_name=reader.text("run_name"),

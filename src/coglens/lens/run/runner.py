@@ -83,7 +83,7 @@ def load_pipeline(config: LensConfig, ranks: Ranks | None = None) -> Pipeline:
     """The config's model and tokenizer, on the config's device (under torchrun: the rank's own GPU)."""
     ranks = ranks or Ranks()
     dtype = None if config.dtype == AUTO_DTYPE else config.dtype
-    quantized = {"quantize": config.quantize, "quantize_vision": config.quantize_vision}
+    quantized = {"quantize": config.quantize, "quantize_vision": config.quantize_vision, "adapter": config.adapter}
     if config.device == "auto":
         if ranks.distributed:
             raise LensConfigError(

@@ -30,6 +30,7 @@ CAPTURE_SETTINGS = (
     "model_dtype",
     "quantize",  # quantized and full-precision activations must not mix in one run
     "quantize_vision",
+    "adapter",  # an adapter changes every activation downstream of the modules it adapts
     "template_version",
     "tokenizer_path",
 )
