@@ -357,3 +357,60 @@ def test_light_to_import_and_a_missing_library_names_the_extra():
     lines = out.stdout.strip().splitlines()
     assert len(lines) == 5 and all(INSTALL_HINT in line for line in lines), out.stdout
     assert "needs bitsandbytes" in lines[0] and "needs torchao" in lines[2] and "needs bitsandbytes" in lines[3]
+
+
+def _bf16_nf4_folder(tmp_path: Path) -> Path:
+    """A 4-bit folder saved in bfloat16 (as THUDM's int4 release is), tokenizer included."""
+    import shutil
+
+    source = tiny_model_path("cogvlm2")
+    model = CogvlmForCausalLM.from_pretrained(source, dtype=torch.bfloat16,
+                                              quantization_config=quantization_config("nf4", device="cpu"))
+    out = tmp_path / "nf4-bf16"
+    model.save_pretrained(out)
+    for file in source.iterdir():
+        if file.name.startswith(("tokenizer", "special_tokens")):
+            shutil.copy2(file, out / file.name)
+    return out
+
+
+def test_a_prequantized_folder_loads_in_the_dtype_it_was_saved_in(tmp_path):
+    """A CPU pipeline asks for float32 by default; the bf16-saved quantized folder must not become a mix of both
+    (the vision tower's conv then refused bf16 input against a float32 bias)."""
+    from coglens.pipeline import Pipeline
+
+    pipe = Pipeline.load(str(_bf16_nf4_folder(tmp_path)), device="cpu")
+    assert {p.dtype for p in pipe.model.parameters() if p.is_floating_point()} == {torch.bfloat16}
+    image = Image.new("RGB", (32, 32), (200, 30, 30))
+    assert pipe.ask("What is it?", images=[image]).completion_tokens > 0
+
+
+def test_prequantized_folders_with_unknown_methods_or_missing_libraries_are_named(tmp_path):
+    import shutil
+
+    folder = _bf16_nf4_folder(tmp_path)
+    bad = shutil.copytree(folder, tmp_path / "gptq")
+    edit_config(bad, lambda c: c["quantization_config"].update(quant_method="gptq"))
+    with pytest.raises(QuantizationError, match="quant_method 'gptq'"):
+        CogvlmForCausalLM.from_pretrained(bad)
+    script = textwrap.dedent(f"""
+        import sys
+        sys.modules["bitsandbytes"] = None
+        from coglens.modeling import CogvlmForCausalLM
+        from coglens.modeling.quantization import QuantizationError
+        try:
+            CogvlmForCausalLM.from_pretrained({str(folder)!r})
+        except QuantizationError as exc:
+            print(exc)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert INSTALL_HINT in out.stdout and "bitsandbytes" in out.stdout, out.stdout + out.stderr
+
+
+def test_quantize_checkpoint_never_writes_over_a_folder_with_files(tmp_path):
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "config.json").write_text("{}")
+    with pytest.raises(QuantizationError, match="not empty"):
+        quantize_checkpoint(source, source, "int8", device="cpu")
+    assert (source / "config.json").read_text() == "{}"

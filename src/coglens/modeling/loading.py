@@ -8,6 +8,7 @@ it, so peak memory stays close to one copy of the weights. ``.bin`` files are re
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import logging
 import os
@@ -27,7 +28,7 @@ from ..hub import pop_hub_kwargs, resolve_checkpoint
 from .attention import attention_function
 from .configuration_cogvlm import COGVLM, COGVLM2_VIDEO, CogvlmConfig, ConfigError, declares_variant, load_config
 from .dtypes import AUTO_DTYPE, dtype_name, unknown_dtype
-from .quantization import QuantizationError, with_default_skips
+from .quantization import INSTALL_HINT, QuantizationError, with_default_skips
 
 logger = logging.getLogger(__name__)
 
@@ -369,13 +370,45 @@ def _load_quantized(
         asked = str(config.dtype).removeprefix("torch.")
         raise QuantizationError(f"int4 (torchao int4 weight-only) runs in bfloat16 only; load with "
                                 f"dtype=torch.bfloat16 (--dtype bfloat16), not {asked}")
-    options: dict[str, Any] = {"config": config, "dtype": config.dtype, "output_loading_info": output_loading_info}
+    dtype = config.dtype if saved is None else _saved_dtype(folder, saved, config.dtype)
+    options: dict[str, Any] = {"config": config, "dtype": dtype, "output_loading_info": output_loading_info}
     if quantization is not None:
         options["quantization_config"] = with_default_skips(quantization, cls._skip_quantization_modules)
     for key, value in (("device_map", device_map), ("max_memory", max_memory), ("offload_folder", offload_folder)):
         if value is not None:
             options[key] = value
-    return PreTrainedModel.from_pretrained.__func__(cls, folder, **options)
+    loaded = PreTrainedModel.from_pretrained.__func__(cls, folder, **options)
+    model = loaded[0] if output_loading_info else loaded
+    for module in model.modules():  # small buffers (rotary tables) may be views into the mapped shard files,
+        for name, buffer in module._buffers.items():  # which would stay mapped as long as the model lives
+            if buffer is not None and not buffer.is_meta:
+                module._buffers[name] = buffer.clone()
+    return loaded
+
+
+_QUANT_LIBRARIES = {"bitsandbytes": "bitsandbytes", "torchao": "torchao"}
+
+
+def _saved_dtype(folder: Path, saved: Any, asked: torch.dtype) -> torch.dtype:
+    """The dtype a pre-quantized folder was saved in, which it must load in: its quantized layers keep it, so any
+    other would mix dtypes. Also checks its ``quantization_config`` names a method and a library we have."""
+    method = saved.get("quant_method") if isinstance(saved, dict) else getattr(saved, "quant_method", None)
+    method = getattr(method, "value", method)
+    if method not in _QUANT_LIBRARIES:
+        raise QuantizationError(
+            f"{folder}/config.json: quantization_config has quant_method {method!r}; CogLens loads "
+            f"{' and '.join(_QUANT_LIBRARIES)} checkpoints")
+    if importlib.util.find_spec(_QUANT_LIBRARIES[method]) is None:
+        raise QuantizationError(f"{folder} is quantized with {method}, which is not installed: {INSTALL_HINT}")
+    raw = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    stored = raw.get("dtype") or raw.get("torch_dtype")
+    dtype = getattr(torch, stored, None) if isinstance(stored, str) else None
+    if not isinstance(dtype, torch.dtype):
+        return asked
+    if dtype != asked:
+        logger.warning("%s was saved quantized in %s and loads in it (not %s): its quantized layers keep the dtype "
+                       "they were saved with", folder, stored, str(asked).removeprefix("torch."))
+    return dtype
 
 
 def _prefix_mapper(expected: set[str], keys: set[str], prefix: str) -> Callable[[str], str]:

@@ -95,6 +95,8 @@ def quantize_checkpoint(
     from .modeling_cogvlm import CogvlmForCausalLM
 
     source, out = Path(source), Path(out_dir)
+    if out.exists() and any(out.iterdir()):  # save_pretrained would delete the shards of a checkpoint there
+        raise QuantizationError(f"{out} is not empty; write the quantized checkpoint to a new folder")
     model = CogvlmForCausalLM.from_pretrained(
         source, quantization_config=quantization_config(scheme, device=device, quantize_vision=quantize_vision)
     )
