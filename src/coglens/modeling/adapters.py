@@ -11,15 +11,12 @@ Light to import (peft and torch load inside the functions): the CLI checks an ``
 from __future__ import annotations
 
 import re
-import shutil
 import warnings
 from pathlib import Path
 from typing import Any
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
-# written by save_pretrained in a merged checkpoint; the base's other files (the tokenizer) are copied along
-_WRITTEN_BY_SAVE = ("config.json", "generation_config.json")
 
 
 class AdapterError(ValueError):
@@ -68,7 +65,7 @@ def merge_adapter(base: str | Path, adapter: str | Path, out_dir: str | Path) ->
     """Write ``base`` with ``adapter`` merged into its weights to ``out_dir``: a full checkpoint in THUDM's layout
     (its weight names and config fields, safetensors), the base's tokenizer files copied along, that loads
     anywhere the base does, with no peft needed."""
-    from .loading import checkpoint_files
+    from .loading import save_next_to
     from .modeling_cogvlm import CogvlmForCausalLM
 
     check_adapter_folder(adapter)
@@ -76,13 +73,7 @@ def merge_adapter(base: str | Path, adapter: str | Path, out_dir: str | Path) ->
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise AdapterError(f"{out} already exists and is not an empty folder; give a new output folder")
     model = apply_adapter(CogvlmForCausalLM.from_pretrained(source, torch_dtype="auto"), adapter)
-    model.save_pretrained(out)
-    weights = {f.name for f in checkpoint_files(source)} | {"model.safetensors.index.json",
-                                                            "pytorch_model.bin.index.json"}
-    for file in source.iterdir():
-        if file.is_file() and file.name not in weights and file.name not in _WRITTEN_BY_SAVE:
-            shutil.copy2(file, out / file.name)
-    return out
+    return save_next_to(model, source, out)
 
 
 def _base_name(model: Any) -> str:

@@ -499,3 +499,20 @@ def _set_parameter(model: Any, key: str, value: torch.Tensor) -> None:
 def _set_buffer(model: Any, key: str, value: torch.Tensor) -> None:
     module, name = _owner(model, key)
     module._buffers[name] = value
+
+
+_WRITTEN_BY_SAVE = ("config.json", "generation_config.json")
+
+
+def save_next_to(model: Any, source: Path, out: Path) -> Path:
+    """``model.save_pretrained(out)``, plus the files of ``source`` that are not weights nor written by the save
+    (tokenizer, preprocessor, chat template...), so ``out`` loads, chats and serves as ``source`` did."""
+    import shutil
+
+    model.save_pretrained(out)
+    weights = {f.name for f in checkpoint_files(source)} | {"model.safetensors.index.json",
+                                                            "pytorch_model.bin.index.json"}
+    for file in source.iterdir():
+        if file.is_file() and file.name not in weights and file.name not in _WRITTEN_BY_SAVE:
+            shutil.copy2(file, out / file.name)
+    return out

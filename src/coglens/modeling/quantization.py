@@ -25,8 +25,6 @@ from typing import Any
 SCHEMES = ("int8", "int4", "nf4", "fp4")
 INSTALL_HINT = "pip install 'coglens[quant]'"
 _INT4_GROUP_SIZE = 128  # torchao's default; every CogVLM linear's input size is a multiple of it
-# files of a checkpoint folder that save_pretrained rewrites; everything else (the tokenizer) is copied along
-_WRITTEN_BY_SAVE = ("config.json", "generation_config.json")
 
 
 class QuantizationError(ValueError):
@@ -89,9 +87,7 @@ def quantize_checkpoint(
     """Load ``source`` quantized with ``scheme``, write it pre-quantized to ``out_dir`` (transformers'
     ``save_pretrained``: config.json carries the ``quantization_config``) and copy its tokenizer files along,
     so the folder loads, serves and chats as it is."""
-    import shutil
-
-    from .loading import checkpoint_files
+    from .loading import save_next_to
     from .modeling_cogvlm import CogvlmForCausalLM
 
     source, out = Path(source), Path(out_dir)
@@ -100,13 +96,7 @@ def quantize_checkpoint(
     model = CogvlmForCausalLM.from_pretrained(
         source, quantization_config=quantization_config(scheme, device=device, quantize_vision=quantize_vision)
     )
-    model.save_pretrained(out)
-    weights = {f.name for f in checkpoint_files(source)} | {"model.safetensors.index.json",
-                                                            "pytorch_model.bin.index.json"}
-    for file in source.iterdir():
-        if file.is_file() and file.name not in weights and file.name not in _WRITTEN_BY_SAVE:
-            shutil.copy2(file, out / file.name)
-    return out
+    return save_next_to(model, source, out)
 
 
 def compare_next_token(ref_logits: Any, test_logits: Any) -> dict[str, float]:
