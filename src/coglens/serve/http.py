@@ -86,7 +86,7 @@ async def read_json(request: Request) -> Any:
     try:
         data = json.loads(body)
     except RecursionError:
-        raise _too_deep(limits) from None
+        raise _too_deep("", limits.max_json_depth) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InvalidRequestError(f"the request body is not valid JSON: {exc}") from exc
     check_json_values(data, max_depth=limits.max_json_depth)
@@ -135,9 +135,7 @@ def check_json_values(data: Any, *, max_depth: int) -> None:
         if not isinstance(value, (dict, list)):
             continue
         if depth > max_depth:
-            raise InvalidRequestError(
-                f"{where or 'the body'}: JSON nested more than {max_depth} levels deep; raise the limit with "
-                f"{ServeLimits.flag('max_json_depth')}", param=where or None, code="max_json_depth")
+            raise _too_deep(where, max_depth)
         if isinstance(value, dict):
             for key, item in value.items():
                 _check_unicode(key, f"{where}.{key!r}" if where else repr(key))
@@ -155,9 +153,10 @@ def _check_unicode(text: str, where: str) -> None:
             "send valid UTF-8 text", param=where) from None
 
 
-def _too_deep(limits: ServeLimits) -> InvalidRequestError:
-    return InvalidRequestError(f"the request body is JSON nested more than {limits.max_json_depth} levels deep "
-                               f"(raise the limit with {ServeLimits.flag('max_json_depth')})", code="max_json_depth")
+def _too_deep(where: str, max_depth: int) -> InvalidRequestError:
+    return InvalidRequestError(f"{where or 'the body'}: JSON nested more than {max_depth} levels deep; raise the "
+                               f"limit with {ServeLimits.flag('max_json_depth')}", param=where or None,
+                               code="max_json_depth")
 
 
 def parse(model: type[ModelT], data: Any) -> ModelT:
