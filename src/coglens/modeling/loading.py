@@ -224,11 +224,13 @@ def load_pretrained(
             raise ConfigError(f"{folder}: the weights have no vision experts, which CogVLM-1 needs")
         config.use_vision_experts = False  # THUDM's video configs do not say so; their weights do
         config.variant = COGVLM2_VIDEO
+    saved_dtype = resolve_dtype(None, config, checkpoint_dtype(files))  # what config.json / the weights say
     target_dtype = resolve_dtype(torch_dtype if torch_dtype is not None else dtype, config, checkpoint_dtype(files))
     config.dtype = target_dtype
     if quantization is not None or getattr(config, "quantization_config", None) is not None:
-        return _load_quantized(cls, folder, config, quantization, device_map=device_map, max_memory=max_memory,
-                               offload_folder=offload_folder, output_loading_info=output_loading_info)
+        return _load_quantized(cls, folder, config, quantization, saved_dtype=saved_dtype, device_map=device_map,
+                               max_memory=max_memory, offload_folder=offload_folder,
+                               output_loading_info=output_loading_info)
     source = str(folder) if folder is not None else "the given state_dict"
 
     with init_empty_weights(include_buffers=False):
@@ -341,7 +343,8 @@ def _quantization_request(kwargs: dict[str, Any]) -> Any:
 
 
 def _load_quantized(
-    cls: type, folder: Path | None, config: CogvlmConfig, quantization: Any, *, device_map: Any,
+    cls: type, folder: Path | None, config: CogvlmConfig, quantization: Any, *, saved_dtype: torch.dtype,
+    device_map: Any,
     max_memory: dict | None, offload_folder: str | os.PathLike | None, output_loading_info: bool,
 ):
     """Quantized loading, through transformers' own ``PreTrainedModel.from_pretrained`` and its quantizers.
@@ -370,7 +373,7 @@ def _load_quantized(
         asked = str(config.dtype).removeprefix("torch.")
         raise QuantizationError(f"int4 (torchao int4 weight-only) runs in bfloat16 only; load with "
                                 f"dtype=torch.bfloat16 (--dtype bfloat16), not {asked}")
-    dtype = config.dtype if saved is None else _saved_dtype(folder, saved, config.dtype)
+    dtype = config.dtype if saved is None else _saved_dtype(folder, saved, saved_dtype, config.dtype)
     options: dict[str, Any] = {"config": config, "dtype": dtype, "output_loading_info": output_loading_info}
     if quantization is not None:
         options["quantization_config"] = with_default_skips(quantization, cls._skip_quantization_modules)
@@ -389,9 +392,10 @@ def _load_quantized(
 _QUANT_LIBRARIES = {"bitsandbytes": "bitsandbytes", "torchao": "torchao"}
 
 
-def _saved_dtype(folder: Path, saved: Any, asked: torch.dtype) -> torch.dtype:
-    """The dtype a pre-quantized folder was saved in, which it must load in: its quantized layers keep it, so any
-    other would mix dtypes. Also checks its ``quantization_config`` names a method and a library we have."""
+def _saved_dtype(folder: Path, saved: Any, stored: torch.dtype, asked: torch.dtype) -> torch.dtype:
+    """The dtype a pre-quantized folder was saved in (``stored``), which it must load in: its quantized layers keep
+    it, so any other would mix dtypes. Also checks its ``quantization_config`` names a method and a library we
+    have."""
     method = saved.get("quant_method") if isinstance(saved, dict) else getattr(saved, "quant_method", None)
     method = getattr(method, "value", method)
     if method not in _QUANT_LIBRARIES:
@@ -400,15 +404,11 @@ def _saved_dtype(folder: Path, saved: Any, asked: torch.dtype) -> torch.dtype:
             f"{' and '.join(_QUANT_LIBRARIES)} checkpoints")
     if importlib.util.find_spec(_QUANT_LIBRARIES[method]) is None:
         raise QuantizationError(f"{folder} is quantized with {method}, which is not installed: {INSTALL_HINT}")
-    raw = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    stored = raw.get("dtype") or raw.get("torch_dtype")
-    dtype = getattr(torch, stored, None) if isinstance(stored, str) else None
-    if not isinstance(dtype, torch.dtype):
-        return asked
-    if dtype != asked:
+    if stored != asked:
         logger.warning("%s was saved quantized in %s and loads in it (not %s): its quantized layers keep the dtype "
-                       "they were saved with", folder, stored, str(asked).removeprefix("torch."))
-    return dtype
+                       "they were saved with", folder, str(stored).removeprefix("torch."),
+                       str(asked).removeprefix("torch."))
+    return stored
 
 
 def _prefix_mapper(expected: set[str], keys: set[str], prefix: str) -> Callable[[str], str]:
