@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,6 +74,7 @@ class Pipeline:
         quantize: str | None = None,
         quantize_vision: bool = False,
         adapter: str | Path | None = None,
+        adapters: Mapping[str, str | Path] | None = None,
     ) -> Pipeline:
         """Load a checkpoint folder (or ``tiny:VARIANT``; ``None`` = the tiny CogVLM2) with its tokenizer; `device`
         and `cuda_index` as :func:`pick_device` takes them.
@@ -81,6 +82,9 @@ class Pipeline:
         `quantize` (one of :data:`~coglens.modeling.quantization.SCHEMES`) quantizes the weights while loading;
         `quantize_vision` quantizes the vision tower, adapter and ``lm_head`` too. A checkpoint saved quantized
         loads quantized without `quantize`; asking to quantize it again is an error (its scheme is fixed).
+
+        `adapter` (a PEFT adapter folder) is merged into the weights. `adapters` (name -> folder) are loaded side by
+        side, unmerged, for the engine to apply per request (``GenerationRequest.adapter``), as a server does.
         """
         from .processing.tokenizer import load_tokenizer
 
@@ -94,6 +98,11 @@ class Pipeline:
         quantized = _quantization_kwargs(quantize, quantize_vision, dev)  # fails before any download
         if adapter is not None:
             adapter = _check_adapter(adapter, quantize)
+            if adapters:
+                from .modeling.adapters import AdapterError
+
+                raise AdapterError("give one adapter to merge (adapter) or adapters to serve side by side "
+                                   "(adapters), not both")
         path = resolve_model_path(model)
         loaded = CogvlmForCausalLM.from_pretrained(path, torch_dtype=dtype, device_map=placement, **quantized)
         if adapter is not None:
@@ -103,8 +112,13 @@ class Pipeline:
                 raise AdapterError(f"{path} is saved quantized: an adapter cannot be merged into its weights; "
                                    "merge it into the full-precision checkpoint (coglens merge-adapter)")
             loaded = apply_adapter(loaded, adapter)
+        bank = None
+        if adapters:
+            from .modeling.adapters import AdapterBank
+
+            bank = AdapterBank(loaded, adapters)
         tok = load_tokenizer(path, tokenizer, config=loaded.config)
-        return cls(loaded, tok, Engine(loaded, tok, max_batch_size=max_batch_size), path)
+        return cls(loaded, tok, Engine(loaded, tok, max_batch_size=max_batch_size, adapters=bank), path)
 
     @property
     def config(self):

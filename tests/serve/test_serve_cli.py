@@ -79,3 +79,23 @@ def test_quantize_settings_are_checked():
         ServeSettings(quantize="int3")
     with pytest.raises(ValueError, match="--quantize-vision needs --quantize"):
         ServeSettings(quantize_vision=True)
+
+
+def test_adapter_flags_load_every_adapter_beside_the_model(launched, tmp_path):
+    from lora_kit import save_lora
+
+    alpha, beta = save_lora(tmp_path / "a", seed=0), save_lora(tmp_path / "b", seed=1)
+    result = CliRunner().invoke(app, ["--adapter", f"alpha={alpha}", "--adapter", f"team/beta={beta}"])
+    assert result.exit_code == 0, result.output
+    assert launched["app"].state.settings.adapters == {"alpha": alpha, "team/beta": beta}
+    assert launched["app"].state.pipeline.engine.adapters.names == ("alpha", "team/beta")
+
+    for args, words in ((["--adapter", str(alpha)], "give NAME=PATH"),
+                        (["--adapter", f"alpha={tmp_path / 'none'}"], "does not exist"),
+                        (["--adapter", f"a b={alpha}"], "is not usable"),
+                        (["--adapter", f"x={alpha}", "--adapter", f"x={beta}"], "given twice"),
+                        (["--adapter", f"cogvlm2={alpha}"], "'cogvlm2' is also a name of the served model")):
+        launched.clear()
+        result = CliRunner().invoke(app, args)
+        assert "app" not in launched
+        assert isinstance(result.exception, ValueError) and words in str(result.exception), result.output

@@ -120,7 +120,7 @@ CASES: list[tuple[str, str, Any, int, str]] = [
     ("tgi max_new_tokens a string", TGI, {"inputs": "hi", "parameters": {"max_new_tokens": "10"}}, 422,
      "max_new_tokens"),
     ("tgi grammar", TGI, {"inputs": "hi", "parameters": {"grammar": {"type": "json", "value": {}}}}, 422, "grammar"),
-    ("tgi adapter_id", TGI, {"inputs": "hi", "parameters": {"adapter_id": "456"}}, 422, "adapter_id"),
+    ("tgi adapter_id", TGI, {"inputs": "hi", "parameters": {"adapter_id": "456"}}, 404, "no adapters"),
     ("tgi best_of streamed", "/generate_stream",
      {"inputs": "hi", "parameters": {"best_of": 2, "do_sample": True}}, 422, "best_of"),
     ("tgi truncate zero", TGI, {"inputs": "hi", "parameters": {"truncate": 0}}, 422, "truncate"),

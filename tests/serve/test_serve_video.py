@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from lora_kit import save_lora
 from openai import OpenAI
 from serve_helpers import Server, data_url, greedy, run_server
 
@@ -48,11 +49,21 @@ def video_reference(tiny_pipelines) -> Pipeline:
 
 
 @pytest.fixture(scope="module")
-def video_server(tmp_path_factory, video) -> Iterator[Server]:
+def seed_adapters(tmp_path_factory) -> dict[str, Path]:
+    """LoRA adapters under the names seed 002's bodies send as adapter_id."""
+    folder = tmp_path_factory.mktemp("video-adapters")
+    return {name: save_lora(folder / name, seed=seed, variant="cogvlm2-video")
+            for seed, name in enumerate(("456", "aaaaaaaaaa"))}
+
+
+@pytest.fixture(scope="module")
+def video_server(tmp_path_factory, video, seed_adapters) -> Iterator[Server]:
     folder = tmp_path_factory.mktemp("videos")
     (folder / "video.mp4").write_bytes(video)
     limits = ServeLimits(max_video_seconds=30, max_video_bytes=MIB)
-    with run_server(ServeSettings(model="tiny:cogvlm2-video", allow_local_media=folder, limits=limits)) as server:
+    settings = ServeSettings(model="tiny:cogvlm2-video", allow_local_media=folder, limits=limits,
+                             adapters=seed_adapters)
+    with run_server(settings) as server:
         yield server
 
 
@@ -72,7 +83,7 @@ def test_openai_video_data_url_equals_the_engine(video_server, video_reference, 
     assert response.usage.prompt_tokens == inputs["input_ids"].numel()  # every frame's tokens counted
 
 
-def test_seed_bodies_of_the_mindie_guide(video_server, video_reference, video):
+def test_seed_bodies_of_the_mindie_guide(video_server, video_reference, video, seed_adapters):
     """Seed 002's requests with the video path pointing into --allow-local-media and context-sized budgets."""
     expected = _expected(video_reference, video, QUESTION, 6)
     parts = [{"type": "text", "text": QUESTION}, {"type": "video_url", "video_url": "video.mp4"}]
@@ -80,9 +91,14 @@ def test_seed_bodies_of_the_mindie_guide(video_server, video_reference, video):
                                            "max_new_tokens": 6, "repetition_penalty": 1.0, "return_full_text": False,
                                            "seed": None, "truncate": None, "typical_p": 0.5, "watermark": False,
                                            "adapter_id": "456"}}
+    # the guide's adapter answers: as the model with that adapter merged in, not as the base model
+    adapted = Pipeline.load("tiny:cogvlm2-video", adapter=seed_adapters["456"], device="cpu")
     response = httpx.post(f"{video_server.url}/generate", content=json.dumps(tgi))
-    # the guide names an adapter this server does not have: refused by name, not silently ignored
-    assert response.status_code == 422 and "adapter_id" in response.json()["error"]
+    assert response.json() == {"generated_text": _expected(adapted, video, QUESTION, 6), "details": None}
+    assert response.json()["generated_text"] != expected
+    tgi["parameters"]["adapter_id"] = "789"
+    response = httpx.post(f"{video_server.url}/generate", content=json.dumps(tgi))
+    assert response.status_code == 404 and "'456', 'aaaaaaaaaa'" in response.json()["error"]
     del tgi["parameters"]["adapter_id"]
     response = httpx.post(f"{video_server.url}/generate", content=json.dumps(tgi))
     assert response.json() == {"generated_text": expected, "details": None}
@@ -102,7 +118,8 @@ def test_seed_bodies_of_the_mindie_guide(video_server, video_reference, video):
     assert "".join(e["text_output"] for e in events) == expected and events[0]["id"] == "a123"
 
 
-def test_seed_multi_turn_body_puts_the_system_text_before_the_query(video_server, video_reference, video):
+def test_seed_multi_turn_body_puts_the_system_text_before_the_query(video_server, video_reference, video,
+                                                                    seed_adapters):
     answer = "The video showcases a variety of scenes."
     body = {"model": "cogvlm2_llama3_video", "max_tokens": 6, "temperature": 0.6, "top_p": 0.9, "top_k": 1,
             "do_sample": False, "stop": ["If"], "adapter_id": "aaaaaaaaaa", "presence_penalty": 1.0,
@@ -111,11 +128,10 @@ def test_seed_multi_turn_body_puts_the_system_text_before_the_query(video_server
                          {"role": "system", "content": [{"type": "text", "text": answer}]},
                          {"role": "user", "content": [{"type": "video_url", "video_url": "video.mp4"},
                                                       {"type": "text", "text": "Please give me more detail."}]}]}
-    response = httpx.post(f"{video_server.url}/v1/chat/completions", content=json.dumps(body))
-    assert response.status_code == 400 and response.json()["error"]["param"] == "adapter_id"
+    adapted = httpx.post(f"{video_server.url}/v1/chat/completions", content=json.dumps(body))
     del body["adapter_id"]
     response = httpx.post(f"{video_server.url}/v1/chat/completions", content=json.dumps(body))
-    assert response.status_code == 200, response.text
+    assert response.status_code == adapted.status_code == 200, response.text
     from coglens.engine import SamplingParams
 
     frames = load_video(video, image_size=56).frames
@@ -123,6 +139,9 @@ def test_seed_multi_turn_body_puts_the_system_text_before_the_query(video_server
     params = SamplingParams(max_new_tokens=6, presence_penalty=1.0, frequency_penalty=1.0, stop=["If"])
     assert response.json()["choices"][0]["message"]["content"] == video_reference.ask(
         query, images=[frames], params=params).text
+    merged = Pipeline.load("tiny:cogvlm2-video", adapter=seed_adapters["aaaaaaaaaa"], device="cpu")
+    assert adapted.json()["choices"][0]["message"]["content"] == merged.ask(query, images=[frames], params=params).text
+    assert adapted.json()["model"] == "aaaaaaaaaa"
 
 
 def test_video_errors(video_server, video):

@@ -38,6 +38,10 @@ def serve(
     max_batch_size: Annotated[int, typer.Option("--max-batch-size", help="Requests decoded together.")] = 8,
     served_model_name: Annotated[list[str] | None, typer.Option(
         "--served-model-name", help="Name clients send as 'model' (repeatable; default: --model as given).")] = None,
+    adapter: Annotated[list[str] | None, typer.Option(
+        "--adapter", metavar="NAME=PATH",
+        help="A LoRA adapter (PEFT folder) that requests pick by adapter_id or model=NAME (repeatable); "
+             "requests for different adapters share the batch.")] = None,
     template: TemplateOpt = None,
     allow_local_media: Annotated[Path | None, typer.Option(
         "--allow-local-media", help="Let requests name image/video files under this folder.")] = None,
@@ -81,6 +85,9 @@ def serve(
         raise ValueError("--api-key is empty; give a secret, or leave the option out to serve without auth")
     if allow_local_media is not None and not allow_local_media.is_dir():
         raise ValueError(f"--allow-local-media {str(allow_local_media)!r} is not a directory")
+    from ..modeling.adapters import parse_named_adapters  # light: peft loads with the model
+
+    adapters = parse_named_adapters(adapter or [])
     from ..serve.limits import ServeLimits  # light: validates every limit with its flag's name
 
     limits = ServeLimits(
@@ -95,20 +102,24 @@ def serve(
     import uvicorn
 
     from ..pipeline import DEFAULT_TINY_MODEL, Pipeline
-    from ..serve.app import create_app
+    from ..serve.app import create_app, model_names
+    from ..serve.service import check_adapter_names
     from ..serve.settings import ServeSettings
 
     settings = ServeSettings(
         model=model or DEFAULT_TINY_MODEL, tokenizer=tokenizer, dtype=dtype, device=device, quantize=quantize,
         quantize_vision=quantize_vision,
         max_batch_size=max_batch_size, served_model_names=tuple(served_model_name or ()), template=template,
+        adapters=adapters,
         api_key=api_key, cors_origins=tuple(cors_origin or ()), allow_local_media=allow_local_media,
         allow_remote_media=allow_remote_media, limits=limits,
     )
     configure_logging(log_level)
     # Loading here (not in the lifespan) turns a bad --model into one clear error line instead of a traceback.
     pipeline = Pipeline.load(settings.model, tokenizer=tokenizer, dtype=dtype, device=device,
-                             max_batch_size=max_batch_size, quantize=quantize, quantize_vision=quantize_vision)
+                             max_batch_size=max_batch_size, quantize=quantize, quantize_vision=quantize_vision,
+                             adapters=adapters)
+    check_adapter_names(model_names(settings, pipeline), adapters)
     uvicorn.run(create_app(settings, pipeline=pipeline), host=host, port=port, log_level=log_level.lower(),
                 access_log=False)  # our own JSON access log replaces uvicorn's
 

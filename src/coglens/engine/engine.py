@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from transformers.generation.logits_process import WatermarkLogitsProcessor
 
+from ..modeling.adapters import AdapterBank
 from ..modeling.modeling_cogvlm import execution_device
 from ..modeling.routing import LANGUAGE_TOKEN_TYPE, VISION_TOKEN_TYPE, build_position_ids
 from ..processing.padding import left_padded_batch, pad_left
@@ -54,12 +55,18 @@ class EngineStats:
     decode_rows: int = 0  # sum of the batch sizes of all decode steps
     generated_tokens: int = 0
     max_running: int = 0
+    mixed_adapter_steps: int = 0  # decode steps whose rows ran different adapters (or adapters and the base model)
 
 
 class Engine:
-    def __init__(self, model: Any, tokenizer: Any, *, max_batch_size: int = 8) -> None:
+    """``adapters``: LoRA adapters that requests pick by name (``GenerationRequest.adapter``); rows of different
+    adapters are prefilled one adapter at a time and decoded in one batch, each with its own adapter."""
+
+    def __init__(self, model: Any, tokenizer: Any, *, max_batch_size: int = 8,
+                 adapters: AdapterBank | None = None) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
+        self.adapters = adapters
         self.max_batch_size = max_batch_size
         self.device = execution_device(model.get_input_embeddings())
         self.max_positions = int(model.config.max_position_embeddings)
@@ -155,8 +162,15 @@ class Engine:
     def _check_request(self, request: GenerationRequest) -> None:
         """Refuse, at add time, what would otherwise fail inside a batched step and take the batch down."""
         fit_new_tokens(request.token_type_ids, self.max_positions, request.params.max_new_tokens)
+        self._check_adapter(request.adapter)
         self._check_ids(request)
         self._check_images(request)
+
+    def _check_adapter(self, name: str | None) -> None:
+        names = self.adapters.names if self.adapters is not None else ()
+        if name is not None and name not in names:
+            loaded = f"the loaded adapters are {', '.join(names)}" if names else "no adapters are loaded"
+            raise EngineInputError(f"adapter {name!r} is not loaded; {loaded}")
 
     def _check_ids(self, request: GenerationRequest) -> None:
         ids, types = request.input_ids, request.token_type_ids
@@ -235,6 +249,18 @@ class Engine:
         return admitted
 
     def _prefill(self, seqs: list[_Sequence]) -> list[TokenEvent]:
+        """Prefill admitted rows, one forward pass per adapter among them (see :class:`AdapterBank`)."""
+        groups: dict[str | None, list[_Sequence]] = {}
+        for seq in seqs:
+            groups.setdefault(seq.request.adapter, []).append(seq)
+        return [event for group in groups.values() for event in self._prefill_group(group)]
+
+    def _forward(self, seqs: list[_Sequence], **inputs: Any) -> Any:
+        if self.adapters is None:
+            return self.model(**inputs)
+        return self.adapters.forward([s.request.adapter for s in seqs], **inputs)
+
+    def _prefill_group(self, seqs: list[_Sequence]) -> list[TokenEvent]:
         ids, types, mask = left_padded_batch([s.request.input_ids for s in seqs],
                                              [s.request.token_type_ids for s in seqs], pad_token_id=self.pad_id)
         width = ids.shape[1]
@@ -242,9 +268,9 @@ class Engine:
         positions = build_position_ids(types, mask)
         cache = BatchKVCache()
         every_position = any(s.request.params.prompt_logprobs for s in seqs)  # only then: logits are big
-        out = self.model(input_ids=ids, images=[list(s.request.images) for s in seqs], token_type_ids=types,
-                         attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True,
-                         logits_to_keep=0 if every_position else 1)
+        out = self._forward(seqs, input_ids=ids, images=[list(s.request.images) for s in seqs],
+                            token_type_ids=types, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                            use_cache=True, logits_to_keep=0 if every_position else 1)
         self.stats.prefill_batches += 1
         self.stats.prefill_sequences += len(seqs)
         prompt_logprobs = [_prompt_logprobs(out.logits[row], s.request) if s.request.params.prompt_logprobs
@@ -261,11 +287,12 @@ class Engine:
     def _decode(self) -> list[TokenEvent]:
         b = len(self._running)
         self._mask = torch.cat((self._mask, self._mask.new_ones(b, 1)), dim=1)
-        out = self.model(input_ids=self._last.view(b, 1), token_type_ids=torch.zeros_like(self._last).view(b, 1),
-                         attention_mask=self._mask, position_ids=self._positions.view(b, 1),
-                         past_key_values=self._cache, use_cache=True)
+        out = self._forward(self._running, input_ids=self._last.view(b, 1),
+                            token_type_ids=torch.zeros_like(self._last).view(b, 1), attention_mask=self._mask,
+                            position_ids=self._positions.view(b, 1), past_key_values=self._cache, use_cache=True)
         self.stats.decode_steps += 1
         self.stats.decode_rows += b
+        self.stats.mixed_adapter_steps += len({s.request.adapter for s in self._running}) > 1
         self._positions = self._positions + 1
         self._last, events = self._sample(self._running, out.logits[:, -1])
         return events

@@ -124,13 +124,15 @@ def _is_int(value: object) -> bool:
 
 @dataclass(eq=False)  # identity: comparing the tensor fields by value raises (and means nothing)
 class GenerationRequest:
-    """A tokenised prompt: 1-D ids and token types, and the image tensors its vision spans need."""
+    """A tokenised prompt: 1-D ids and token types, the image tensors its vision spans need, and the adapter that
+    answers it."""
 
     input_ids: torch.Tensor
     token_type_ids: torch.Tensor
     images: list[torch.Tensor] = field(default_factory=list)
     params: SamplingParams = field(default_factory=SamplingParams)
     request_id: str = field(default_factory=lambda: f"req-{next(_ids)}")
+    adapter: str | None = None  # a LoRA adapter of the engine's AdapterBank, by name; None: the base model
 
     def __post_init__(self) -> None:
         self.input_ids = torch.as_tensor(self.input_ids, dtype=torch.long).flatten()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,26 +40,133 @@ def apply_adapter(model: Any, adapter: str | Path) -> Any:
     """Load the PEFT adapter in folder ``adapter`` onto ``model`` with ``peft.PeftModel`` and merge it into the
     weights; returns the merged model (``model`` itself, changed in place). Every adapter weight must land on a
     module of the model and every adapted module must get its weights: peft only warns about either."""
-    from peft import PeftConfig, PeftModel, get_peft_model_state_dict, load_peft_weights
+    return _load_checked(model, check_adapter_folder(adapter), "default").merge_and_unload()
 
-    folder = check_adapter_folder(adapter)
+
+class AdapterBank:
+    """Named LoRA adapters loaded side by side on one model, unmerged, and chosen per batch row.
+
+    peft computes a mixed batch (``adapter_names=``) by slicing each adapted layer's input by batch row, which
+    holds for a step without vision tokens (every decode step: the experts then see (B, L, H) inputs). A step
+    with images routes flattened token subsets through the experts and batches images apart from rows, so it
+    must run one adapter at a time: :meth:`forward` refuses a mixed one. The engine prefills one adapter's rows
+    at a time and decodes them all together.
+    """
+
+    BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
+
+    def __init__(self, model: Any, adapters: Mapping[str, str | Path]) -> None:
+        if not adapters:
+            raise AdapterError("no adapters given: name at least one (NAME=PATH)")
+        folders = {check_adapter_name(name): check_adapter_folder(path) for name, path in adapters.items()}
+        for name, folder in folders.items():
+            _check_servable(folder, name)
+        peft_model: Any = None
+        for name, folder in folders.items():
+            peft_model = _load_checked(peft_model or model, folder, name)
+        self.peft_model = peft_model.eval()
+        self.model = model
+        self.folders = folders
+        self._active: str | None = None
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.folders)
+
+    def forward(self, adapters: Sequence[str | None], **inputs: Any) -> Any:
+        """The model's forward pass with adapter ``adapters[i]`` (None: the base model) on batch row i."""
+        distinct = set(adapters)
+        if distinct == {None}:
+            with self.peft_model.disable_adapter():
+                return self.model(**inputs)
+        if len(distinct) == 1:
+            (name,) = distinct
+            if name != self._active:
+                self.peft_model.set_adapter(name, inference_mode=True)
+                self._active = name
+            return self.model(**inputs)
+        types = inputs.get("token_type_ids")
+        if types is not None and bool(types.any()):  # vision positions
+            raise ValueError("a batch with images runs one adapter at a time; group its rows by adapter")
+        return self.peft_model(**inputs, adapter_names=[self.BASE if a is None else a for a in adapters])
+
+
+def parse_named_adapters(specs: Sequence[str], *, option: str = "--adapter") -> dict[str, Path]:
+    """``NAME=PATH`` specs (as ``coglens serve --adapter`` takes them) -> {name: checked adapter folder}."""
+    adapters: dict[str, Path] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not path:
+            raise AdapterError(f"{option} {spec!r}: give NAME=PATH (the name clients send as adapter_id or model, "
+                               "and the adapter folder)")
+        name = check_adapter_name(name.strip())
+        if name in adapters:
+            raise AdapterError(f"{option}: the name {name!r} is given twice; each adapter needs its own name")
+        adapters[name] = check_adapter_folder(path)
+    return adapters
+
+
+def check_adapter_name(name: str) -> str:
+    """A name clients can send as ``adapter_id`` or ``model``: letters, digits and ``._-/:`` (no spaces)."""
+    if not _ADAPTER_NAME.fullmatch(name) or name == AdapterBank.BASE:
+        raise AdapterError(f"adapter name {name!r} is not usable: use 1-128 letters, digits or . _ - / : "
+                           f"(and not {AdapterBank.BASE!r})")
+    return name
+
+
+_ADAPTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-/:]{0,127}")
+
+
+def _check_servable(folder: Path, name: str) -> None:
+    """Mixed batches are peft's for plain LoRA only: other adapter kinds and DoRA are refused before loading."""
+    from peft import PeftType
+
+    config = _read_config(folder)
+    if config.peft_type != PeftType.LORA:
+        raise AdapterError(f"adapter {name!r} ({folder}) is a {config.peft_type} adapter: only LoRA adapters can be "
+                           "served side by side; merge it (coglens merge-adapter) and serve the merged checkpoint")
+    if getattr(config, "use_dora", False):
+        raise AdapterError(f"adapter {name!r} ({folder}) uses DoRA, which peft cannot mix per batch row; merge it "
+                           "(coglens merge-adapter) and serve the merged checkpoint")
+
+
+def _read_config(folder: Path) -> Any:
+    from peft import PeftConfig
+
     try:
-        PeftConfig.from_pretrained(str(folder))  # a config peft cannot read fails here, not deep inside peft
+        return PeftConfig.from_pretrained(str(folder))
+    except (ValueError, TypeError, KeyError, OSError) as exc:
+        raise AdapterError(f"cannot read the adapter config of {folder}: {_first_line(exc)}") from exc
+
+
+def _load_checked(model: Any, folder: Path, name: str) -> Any:
+    """``model`` (a base model, or a PeftModel holding other adapters) with the adapter in ``folder`` loaded as
+    ``name``, every weight checked to land: peft only warns about missing or unknown ones."""
+    from peft import PeftModel, get_peft_model_state_dict, load_peft_weights
+
+    _read_config(folder)  # a config peft cannot read fails here, not deep inside peft
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    try:
         stored = set(load_peft_weights(str(folder), device="cpu"))
         with warnings.catch_warnings():  # missing weights are checked below, and are an error, not a warning
             warnings.filterwarnings("ignore", message="Found missing adapter keys")
-            peft_model = PeftModel.from_pretrained(model, str(folder))
+            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")  # peft's call
+            if isinstance(model, PeftModel):
+                model.load_adapter(str(folder), adapter_name=name)
+                peft_model = model
+            else:
+                peft_model = PeftModel.from_pretrained(model, str(folder), adapter_name=name)
     except (ValueError, TypeError, KeyError, RuntimeError, OSError) as exc:
-        raise AdapterError(f"cannot apply the adapter {folder} to {_base_name(model)}: "
+        raise AdapterError(f"cannot apply the adapter {folder} to {_base_name(base)}: "
                            f"{_first_line(exc)}") from exc
-    expected = set(get_peft_model_state_dict(peft_model))
+    expected = set(get_peft_model_state_dict(peft_model, adapter_name=name))
     missing, unknown = sorted(expected - stored), sorted(stored - expected)
     if missing or unknown:
         what = (f"its file lacks {len(missing)} weight(s) of the modules its config adapts" if missing else
                 f"its file has {len(unknown)} weight(s) for modules this model lacks")
-        raise AdapterError(f"the adapter {folder} does not fit {_base_name(model)}: {what}, e.g. "
-                           f"{_short((missing or unknown)[0])}")
-    return peft_model.merge_and_unload()
+        raise AdapterError(f"the adapter {folder} does not fit {_base_name(base)}: {what}, e.g. "
+                           f"{_short((missing or unknown)[0], name)}")
+    return peft_model
 
 
 def merge_adapter(base: str | Path, adapter: str | Path, out_dir: str | Path) -> Path:
@@ -84,9 +192,9 @@ _SIZE_MISMATCH = re.compile(r"size mismatch for (\S+): copying a param with shap
                             r"checkpoint, the shape in current model is torch\.Size\((\[.*?\])\)")
 
 
-def _short(key: str) -> str:
+def _short(key: str, name: str = "default") -> str:
     """An adapter weight's name as the model's module tree spells it (without peft's wrapper prefixes)."""
-    return key.removeprefix("base_model.model.").replace(".default.", ".")
+    return key.removeprefix("base_model.model.").replace(f".{name}.", ".")
 
 
 def _first_line(exc: BaseException) -> str:

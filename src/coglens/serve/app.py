@@ -69,7 +69,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         pipeline = await anyio.to_thread.run_sync(lambda: Pipeline.load(
             settings.model, tokenizer=settings.tokenizer, dtype=settings.dtype, device=settings.device,
             max_batch_size=settings.max_batch_size, quantize=settings.quantize,
-            quantize_vision=settings.quantize_vision))
+            quantize_vision=settings.quantize_vision, adapters=settings.adapters))
         app.state.pipeline = pipeline
     metrics: ServeMetrics = app.state.metrics
     limits = settings.limits

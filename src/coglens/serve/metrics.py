@@ -88,5 +88,7 @@ class _EngineStatsCollector(Collector):
             ("decode_steps", s.decode_steps, "Decode forward passes."),
             ("decode_rows", s.decode_rows, "Sum of the batch sizes of all decode steps."),
             ("generated_tokens", s.generated_tokens, "Tokens sampled by the engine."),
+            ("mixed_adapter_steps", s.mixed_adapter_steps,
+             "Decode passes whose rows ran different LoRA adapters (or adapters and the base model)."),
         ):
             yield CounterMetricFamily(f"coglens_engine_{name}", doc, value=value)

@@ -2,8 +2,9 @@
 
 Protocol packages only translate their wire format onto these calls:
 
+>>> adapter = service.adapter_for(body.model, body.adapter_id)  # doctest: +SKIP
 >>> prompt = await service.prepare(conversation, Requested(max_tokens=body.max_tokens))  # doctest: +SKIP
->>> group = service.submit(prompt, body.to_sampling_params(prompt.max_new_tokens), n=1, protocol="openai")
+>>> group = service.submit(prompt, body.to_sampling_params(prompt.max_new_tokens), protocol="openai", adapter=adapter)
 >>> async for index, event in group.events(): ...
 
 Image layout: CogVLM takes one image per conversation, placed right after ``[bos]`` whatever turn sent it
@@ -20,7 +21,7 @@ import dataclasses
 import os
 import queue
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -109,6 +110,9 @@ class GenerationService:
         self.media = media
         self.limits = limits
         self.model_names = model_names
+        bank = scheduler.engine.adapters
+        self.adapter_names: tuple[str, ...] = bank.names if bank is not None else ()
+        check_adapter_names(model_names, self.adapter_names)
         self.template = template
         self.eos_ids = set(scheduler.engine.eos_ids)
         self.special_ids = set(getattr(tokenizer, "all_special_ids", []) or [])
@@ -130,11 +134,29 @@ class GenerationService:
 
     def check_model(self, name: str | None, *, param: str = "model") -> None:
         """Unknown model names are a 404 (``None``/empty, or a placeholder of TGI's clients, means the served
-        model)."""
-        if name and name not in self.model_names and name not in ANY_MODEL:
-            served = ", ".join(repr(n) for n in self.model_names)
+        model); a loaded adapter's name is a model name too (vLLM's convention)."""
+        if name and name not in self.model_names and name not in ANY_MODEL and name not in self.adapter_names:
+            served = ", ".join(repr(n) for n in [*self.model_names, *self.adapter_names])
             raise ModelNotFoundError(f"model {name!r} is not served here; this server serves {served}",
                                      param=param, code="model_not_found")
+
+    def adapter_for(self, model: str | None, adapter_id: str | None, *, model_param: str = "model",
+                    adapter_param: str = "adapter_id") -> str | None:
+        """The adapter a request picks (None: the base model), by ``adapter_id`` (TGI's and MindIE's field) or by
+        naming it as ``model`` (OpenAI's and vLLM's way). Unknown names are a 404 listing what is loaded."""
+        self.check_model(model, param=model_param)
+        by_model = model if model in self.adapter_names else None
+        if not adapter_id:  # "" is how TGI's clients send "no adapter"
+            return by_model
+        if adapter_id not in self.adapter_names:
+            loaded = (f"the loaded adapters are {', '.join(repr(n) for n in self.adapter_names)}"
+                      if self.adapter_names else "this server has no adapters (start it with --adapter NAME=PATH)")
+            raise ModelNotFoundError(f"{adapter_param}={adapter_id!r} is not a loaded adapter; {loaded}",
+                                     param=adapter_param, code="adapter_not_found")
+        if by_model is not None and by_model != adapter_id:
+            raise InvalidRequestError(f"{model_param}={model!r} and {adapter_param}={adapter_id!r} name two "
+                                      "different adapters; send one of them", param=adapter_param)
+        return adapter_id
 
     async def prepare(self, conversation: Conversation, requested: Requested, *, template: str | None = None,
                       template_param: str = "template", truncate: int | None = None,
@@ -202,9 +224,10 @@ class GenerationService:
                               f"{self.limits.max_prompt_tokens} tokens")
         return ids, types
 
-    def submit(self, prompt: PreparedPrompt, params: SamplingParams, *, n: int = 1, protocol: str) -> RequestGroup:
-        """Queue ``n`` choices of ``prompt`` (seeded choices get seeds ``seed, seed+1, ...``); ``n`` and the seed
-        were checked by :meth:`prepare`."""
+    def submit(self, prompt: PreparedPrompt, params: SamplingParams, *, n: int = 1, protocol: str,
+               adapter: str | None = None) -> RequestGroup:
+        """Queue ``n`` choices of ``prompt`` (seeded choices get seeds ``seed, seed+1, ...``) for ``adapter`` (from
+        :meth:`adapter_for`); ``n`` and the seed were checked by :meth:`prepare`."""
         if not params.greedy and params.temperature < MIN_TEMPERATURE:
             # A temperature this small is greedy in effect, and dividing by it overflows the logits to inf.
             params = dataclasses.replace(params, do_sample=False)
@@ -213,7 +236,7 @@ class GenerationService:
         for i in range(n):
             choice = params if params.seed is None or i == 0 else dataclasses.replace(params, seed=params.seed + i)
             requests.append(GenerationRequest(prompt.input_ids, prompt.token_type_ids, list(prompt.images), choice,
-                                              request_id=f"{base}-{i}"))
+                                              request_id=f"{base}-{i}", adapter=adapter))
         return self.scheduler.submit(requests, protocol=protocol)
 
     async def collect(self, group: RequestGroup) -> list[Completion]:
@@ -301,6 +324,14 @@ class GenerationService:
             return build_conversation_input_ids(
                 tokenizer, config=self._layout, query=conversation.current.query, history=history,
                 images=images or None, template_version=template, allow_multiple_images=multi)
+
+
+def check_adapter_names(model_names: list[str], adapter_names: Iterable[str]) -> None:
+    """An adapter's name must not be one the base model answers to: ``model`` would name both."""
+    clash = sorted(set(adapter_names) & {*model_names, *ANY_MODEL})
+    if clash:
+        raise ValueError(f"--adapter {clash[0]}=...: {clash[0]!r} is also a name of the served model (its names: "
+                         f"{', '.join(model_names)}); give the adapter another name")
 
 
 class TokenizerPool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,7 @@ class ServeSettings:
     quantize: str | None = None  # one of SCHEMES: quantize the weights while loading
     quantize_vision: bool = False  # with quantize: the vision tower, adapter and lm_head too
     max_batch_size: int = 8  # used when the app loads the model itself; a given Pipeline keeps its own
+    adapters: Mapping[str, str | Path] = field(default_factory=dict)  # LoRA adapters requests pick by name
     served_model_names: tuple[str, ...] = ()  # names clients may send as ``model`` (default: ``model``)
     template: str | None = None  # prompt template for every request (default: the checkpoint's own)
     api_key: str | None = None
@@ -39,5 +41,11 @@ class ServeSettings:
             raise ValueError(f"--quantize-vision needs --quantize {{{','.join(SCHEMES)}}}")
         if self.api_key is not None and not self.api_key.strip():
             raise ValueError("--api-key is empty; give a secret, or leave the option out to serve without auth")
+        if self.adapters:
+            from ..modeling.adapters import check_adapter_folder, check_adapter_name
+
+            for name, path in self.adapters.items():
+                check_adapter_name(name)
+                check_adapter_folder(path)
         if self.allow_local_media is not None and not Path(self.allow_local_media).is_dir():
             raise ValueError(f"--allow-local-media {str(self.allow_local_media)!r} is not a directory")

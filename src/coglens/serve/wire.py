@@ -43,8 +43,7 @@ REFUSED: dict[str, tuple[str, tuple[Any, ...]]] = {
     "reasoning_effort": ("CogVLM models have no reasoning mode", ()),
     "web_search_options": ("web search is not supported", ()),
     "suffix": ("insertion (suffix) is not supported: CogVLM only continues a prompt", ("",)),
-    # TGI (MindIE's bodies send adapter_id to OpenAI too)
-    "adapter_id": ("LoRA adapters are not supported yet: they come with a later release (--lora)", ("",)),
+    # TGI
     "grammar": ("grammar-constrained generation (JSON schema, regex) is not supported", ()),
     # vLLM SamplingParams fields we do not implement
     "best_of": ("best_of is not supported on vLLM's /generate; use TGI's /generate or /v1/completions", (1,)),
@@ -73,7 +72,6 @@ IGNORED: dict[str, str] = {
     "service_tier": "OpenAI's billing tier",
     "batch_size": "MindIE's hint of the client's batch; one request's answer does not depend on it",
     "id": "Triton's request id, echoed back",
-    "model": "on vLLM's /generate only (one model per server there; MindIE's bodies name it loosely)",
 }
 """Fields accepted and deliberately without effect: none changes an answer or its shape."""
 
@@ -84,6 +82,12 @@ def _refuse(value: Any, info: ValidationInfo) -> None:
         return None
     raise PydanticCustomError("unsupported_field", "{why}; remove the field", {"why": why})
 
+
+AdapterId = Annotated[str | None, Field(
+    default=None, max_length=128,
+    description="The LoRA adapter that answers (a NAME of the server's --adapter NAME=PATH); null or \"\": the base "
+                "model. MindIE's bodies send it to every protocol.")]
+"""``adapter_id`` of TGI's parameters and MindIE's OpenAI and Triton bodies."""
 
 Refused = Annotated[Any, BeforeValidator(_refuse), Field(default=None, description="Not supported: refused.")]
 """A field from :data:`REFUSED`: null or its "off" value is accepted, anything else is a 400 naming it."""

@@ -32,7 +32,7 @@ class OpenAIServingCompletion:
 
     async def create(self, body: CompletionRequest, request: Request) -> JSONResponse | EventStreamResponse:
         service = self.service
-        service.check_model(body.model)
+        adapter = service.adapter_for(body.model, body.adapter_id)
         check_stream_options(body.stream, body.stream_options)
         best_of = body.best_of or body.n
         if best_of < body.n:
@@ -45,10 +45,10 @@ class OpenAIServingCompletion:
         prompt = await service.prepare(completion_prompt(body.prompt, "prompt"), requested,
                                        template=body.template or BASE_TEMPLATE)
         params = body.to_sampling_params(prompt.max_new_tokens)
-        group = service.submit(prompt, params, n=best_of, protocol=PROTOCOL)
+        group = service.submit(prompt, params, n=best_of, protocol=PROTOCOL, adapter=adapter)
         request.state.prompt_tokens = prompt.prompt_tokens
         answer = CompletionResponse(id=f"cmpl-{uuid.uuid4().hex}", created=now(),
-                                    model=body.model or service.model_name, choices=[])
+                                    model=adapter or body.model or service.model_name, choices=[])
         if body.stream:
             chunks = self._stream(body, group, prompt, answer)
             return EventStreamResponse(in_band_errors(request, group, chunks, error_event, end=sse("[DONE]")))

@@ -14,7 +14,7 @@ from pydantic import BeforeValidator, Field
 from pydantic_core import PydanticCustomError
 
 from ...engine import SamplingParams
-from ..wire import ContentPart, Ignored, Refused, ResponseModel, Seed, StopList, WireModel
+from ..wire import AdapterId, ContentPart, Ignored, Refused, ResponseModel, Seed, StopList, WireModel
 
 MAX_TOP_LOGPROBS = 20  # OpenAI's bound on chat top_logprobs
 MAX_LEGACY_LOGPROBS = 5  # OpenAI's bound on the completions endpoint's logprobs
@@ -35,7 +35,6 @@ class _Unsupported(WireModel):
     """Fields of OpenAI's request bodies this server refuses or ignores (see ``wire.REFUSED``/``wire.IGNORED``)."""
 
     logit_bias: Refused
-    adapter_id: Refused  # MindIE's bodies send it to every protocol
     user: str | None = None
     metadata: Ignored
     store: Ignored
@@ -43,7 +42,8 @@ class _Unsupported(WireModel):
 
 
 class ChatCompletionRequest(_Unsupported):
-    model: str | None = None
+    model: str | None = None  # the served model, or a loaded adapter's name
+    adapter_id: AdapterId
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
@@ -109,7 +109,8 @@ def _one_text_prompt(value: Any) -> Any:
 class CompletionRequest(_Unsupported):
     """OpenAI's legacy ``/v1/completions``: the prompt is continued as is (the ``base`` template)."""
 
-    model: str | None = None
+    model: str | None = None  # the served model, or a loaded adapter's name
+    adapter_id: AdapterId
     prompt: Annotated[str, BeforeValidator(_one_text_prompt)]
     max_tokens: int | None = Field(default=DEFAULT_COMPLETION_TOKENS, ge=1)
     temperature: float = Field(default=1.0, ge=0, le=2)
@@ -230,10 +231,13 @@ class CompletionResponse(ResponseModel):
 
 
 class ModelCard(ResponseModel):
+    """A served model; an adapter's card names its base model as ``parent`` (as vLLM lists LoRA adapters)."""
+
     id: str
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "coglens"
+    parent: str | None = None
 
 
 class ModelList(ResponseModel):

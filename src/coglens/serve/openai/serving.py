@@ -51,12 +51,15 @@ class OpenAIServingChat:
 
     def models(self) -> ModelList:
         created = now()
-        return ModelList(data=[ModelCard(id=name, created=created) for name in self.service.model_names])
+        service = self.service
+        return ModelList(data=[*(ModelCard(id=name, created=created) for name in service.model_names),
+                               *(ModelCard(id=name, created=created, parent=service.model_name)
+                                 for name in service.adapter_names)])
 
     async def create(self, body: ChatCompletionRequest, request: Request) -> JSONResponse | EventStreamResponse:
         """Validate, prepare and queue the request; errors up to here are plain 4xx responses."""
         service = self.service
-        service.check_model(body.model)
+        adapter = service.adapter_for(body.model, body.adapter_id)
         check_stream_options(body.stream, body.stream_options)
         if body.top_logprobs is not None and not body.logprobs:
             raise InvalidRequestError("top_logprobs needs logprobs: true", param="top_logprobs")
@@ -65,10 +68,10 @@ class OpenAIServingChat:
         prompt = await service.prepare(conversation, Requested(max_tokens=max_tokens, max_tokens_param=param,
                                                                n=body.n, seed=body.seed), template=body.template)
         params = body.to_sampling_params(prompt.max_new_tokens)
-        group = service.submit(prompt, params, n=body.n, protocol=PROTOCOL)
+        group = service.submit(prompt, params, n=body.n, protocol=PROTOCOL, adapter=adapter)
         request.state.prompt_tokens = prompt.prompt_tokens
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
-        model = body.model or service.model_name
+        model = adapter or body.model or service.model_name
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             chunks = self._stream(group, completion_id, model, include_usage, body.logprobs)

@@ -2,9 +2,9 @@
 
 ``inputs`` may be a string or, as in the MindIE guides, a list of typed parts (``text``, ``image_url``,
 ``video_url``; a URL may be a plain string or ``{"url": ...}``). Every TGI parameter does what TGI does
-(``typical_p``, ``watermark``, ``top_n_tokens``, ``decoder_input_details``, ``best_of``, ``truncate``) except
-``adapter_id`` and ``grammar``, which are refused by name. Extension: ``parameters.template``
-(``chat``/``vqa``/``base``).
+(``typical_p``, ``watermark``, ``top_n_tokens``, ``decoder_input_details``, ``best_of``, ``truncate``,
+``adapter_id``: a LoRA adapter of ``--adapter NAME=PATH``) except ``grammar``, which is refused by name.
+Extension: ``parameters.template`` (``chat``/``vqa``/``base``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import Field
 
 from ...engine import SamplingParams
-from ..wire import ContentPart, Refused, ResponseModel, Seed, StopList, WireModel
+from ..wire import AdapterId, ContentPart, Refused, ResponseModel, Seed, StopList, WireModel
 
 DEFAULT_MAX_NEW_TOKENS = 100  # TGI's default
 MAX_TOP_N_TOKENS = 5  # TGI's --max-top-n-tokens default
@@ -42,7 +42,7 @@ class TGIParameters(WireModel):
     best_of: int | None = Field(default=None, ge=1)
     truncate: int | None = Field(default=None, ge=1)
     template: str | None = None
-    adapter_id: Refused
+    adapter_id: AdapterId
     grammar: Refused
 
     @property

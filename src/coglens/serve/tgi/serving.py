@@ -42,6 +42,7 @@ class TGIServing:
         """Validate, prepare and queue ``body`` (every user error surfaces here, before any streaming)."""
         service = self.service
         parameters = body.parameters
+        adapter = service.adapter_for(None, parameters.adapter_id, adapter_param="parameters.adapter_id")
         self._check_best_of(parameters, stream=stream)
         if stream and parameters.decoder_input_details:
             raise InvalidRequestError("parameters.decoder_input_details: true is not supported when streaming "
@@ -53,7 +54,7 @@ class TGIServing:
                                        template=parameters.template, template_param="parameters.template",
                                        truncate=parameters.truncate, truncate_param="parameters.truncate")
         group = service.submit(prompt, parameters.to_sampling_params(prompt.max_new_tokens),
-                               n=parameters.best_of or 1, protocol=PROTOCOL)
+                               n=parameters.best_of or 1, protocol=PROTOCOL, adapter=adapter)
         request.state.prompt_tokens = prompt.prompt_tokens
         return group, prompt
 

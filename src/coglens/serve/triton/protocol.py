@@ -7,7 +7,8 @@ Generate takes the fields the MindIE guides send.
 ``stop``, ``details``, ``typical_p``, ``watermark``, ``perf_stat``); TensorRT-LLM's top-level ``max_tokens`` is
 accepted too. Sampling happens only with ``do_sample: true``; otherwise decoding is greedy. MindIE's
 ``batch_size`` is accepted and has no effect on one request's answer; other unknown fields are refused.
-Extension: ``parameters.template``.
+Extensions: ``parameters.template``, and ``parameters.adapter_id`` (a LoRA adapter of ``--adapter NAME=PATH``;
+the adapter's name in the URL path picks it too).
 
 ``perf_stat: true`` adds timing to ``details`` (of the answer, or of a stream's last event):
 ``first_token_ms`` (queue + prefill until the first token) and ``perf_stat``, one ``[token_id, ms]`` per
@@ -24,7 +25,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from ...engine import SamplingParams
-from ..wire import ContentPart, Ignored, ResponseModel, Seed, StopList, WireModel
+from ..wire import AdapterId, ContentPart, Ignored, ResponseModel, Seed, StopList, WireModel
 
 DEFAULT_MAX_NEW_TOKENS = 256
 MODEL_VERSION = "1"
@@ -48,6 +49,7 @@ class TritonParameters(WireModel):
     perf_stat: bool = False
     batch_size: Ignored
     template: str | None = None
+    adapter_id: AdapterId
 
     def to_sampling_params(self, max_new_tokens: int) -> SamplingParams:
         return SamplingParams.from_temperature(

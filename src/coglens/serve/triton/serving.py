@@ -54,14 +54,16 @@ class TritonServing:
 
     async def start(self, model: str, body: TritonGenerateRequest, request: Request) -> _Run:
         service = self.service
-        service.check_model(model, param="model (in the URL path)")
+        adapter = service.adapter_for(model, body.parameters.adapter_id, model_param="model (in the URL path)",
+                                      adapter_param="parameters.adapter_id")
         max_tokens, param = body.requested_max_tokens
         requested = Requested(max_tokens=max_tokens, max_tokens_param=param, default_max_tokens=DEFAULT_MAX_NEW_TOKENS,
                               seed=body.parameters.seed, seed_param="parameters.seed")
         prompt = await service.prepare(completion_prompt(body.text_input, "text_input"), requested,
                                        template=body.parameters.template, template_param="parameters.template")
         queued = time.perf_counter()
-        group = service.submit(prompt, body.parameters.to_sampling_params(prompt.max_new_tokens), protocol=PROTOCOL)
+        group = service.submit(prompt, body.parameters.to_sampling_params(prompt.max_new_tokens), protocol=PROTOCOL,
+                               adapter=adapter)
         request.state.prompt_tokens = prompt.prompt_tokens
         return _Run(group, prompt, body.id or uuid.uuid4().hex, queued)
 

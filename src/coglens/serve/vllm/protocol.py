@@ -1,9 +1,10 @@
 """vLLM's ``/generate`` body (``vllm/entrypoints/api_server.py``): ``prompt``, ``stream`` and the sampling
 fields of vLLM's ``SamplingParams`` at the top level (pydantic only).
 
-``prompt`` may be a string or a list of typed parts as in the MindIE guides. Extension: ``template``.
-The vLLM ``SamplingParams`` fields we do not implement are refused by name (see ``wire.REFUSED``); ``model``
-is ignored (vLLM's /generate has one model; MindIE's bodies name it loosely).
+``prompt`` may be a string or a list of typed parts as in the MindIE guides. Extensions: ``template``, and a
+LoRA adapter of ``--adapter NAME=PATH`` by ``adapter_id`` or by naming it as ``model``; any other ``model`` is
+ignored (vLLM's /generate has one model; MindIE's bodies name it loosely). The vLLM ``SamplingParams`` fields we
+do not implement are refused by name (see ``wire.REFUSED``).
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ from __future__ import annotations
 from pydantic import Field
 
 from ...engine import SamplingParams
-from ..wire import ContentPart, Ignored, Refused, ResponseModel, Seed, StopList, WireModel
+from ..wire import AdapterId, ContentPart, Refused, ResponseModel, Seed, StopList, WireModel
 
 DEFAULT_MAX_TOKENS = 16  # vLLM SamplingParams' default
 
 
 class VLLMGenerateRequest(WireModel):
-    model: Ignored
+    model: str | None = None
+    adapter_id: AdapterId
     prompt: str | list[ContentPart]
     stream: bool = False
     n: int = Field(default=1, ge=1)

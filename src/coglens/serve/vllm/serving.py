@@ -26,10 +26,13 @@ class VLLMServing:
 
     async def start(self, body: VLLMGenerateRequest, request: Request) -> tuple[RequestGroup, PreparedPrompt]:
         service = self.service
+        by_name = body.model if body.model in service.adapter_names else None  # other names: the one model
+        adapter = service.adapter_for(by_name, body.adapter_id)
         prompt = await service.prepare(completion_prompt(body.prompt, "prompt"),
                                        Requested(max_tokens=body.max_tokens, n=body.n, seed=body.seed),
                                        template=body.template)
-        group = service.submit(prompt, body.to_sampling_params(prompt.max_new_tokens), n=body.n, protocol=PROTOCOL)
+        group = service.submit(prompt, body.to_sampling_params(prompt.max_new_tokens), n=body.n, protocol=PROTOCOL,
+                               adapter=adapter)
         request.state.prompt_tokens = prompt.prompt_tokens
         return group, prompt
 
