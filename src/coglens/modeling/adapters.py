@@ -123,7 +123,8 @@ def _check_servable(folder: Path, name: str) -> None:
 
     config = _read_config(folder)
     if config.peft_type != PeftType.LORA:
-        raise AdapterError(f"adapter {name!r} ({folder}) is a {config.peft_type} adapter: only LoRA adapters can be "
+        kind = getattr(config.peft_type, "value", config.peft_type)
+        raise AdapterError(f"adapter {name!r} ({folder}) is of type {kind}, not LoRA: only LoRA adapters can be "
                            "served side by side; merge it (coglens merge-adapter) and serve the merged checkpoint")
     if getattr(config, "use_dora", False):
         raise AdapterError(f"adapter {name!r} ({folder}) uses DoRA, which peft cannot mix per batch row; merge it "
