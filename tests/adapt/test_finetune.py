@@ -10,12 +10,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from openai import OpenAI
 from PIL import Image
+from serve_helpers import data_url, run_server
 from testkit import run_cli
 
 from coglens.adapt import FinetuneConfig, finetune
 from coglens.adapt.data import IGNORE_INDEX, Example, encode_example, load_examples
 from coglens.adapt.train import generate_answers
+from coglens.serve.settings import ServeSettings
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
 QUERY = "What colour is the image?"
@@ -81,6 +84,19 @@ def test_the_adapted_model_answers_held_out_colours_the_base_model_cannot(colour
             "images": [inputs["images"]]}
     with torch.no_grad():
         torch.testing.assert_close(loaded(**args).logits, result.peft_model.eval()(**args).logits)
+
+    # merged into the weights, and served beside the base model: the same greedy answers, token for token
+    merged = Pipeline.load("tiny:cogvlm2", adapter=tmp_path, device="cpu")
+    assert generate_answers(merged, held_out, None, 8) == expected
+    with run_server(ServeSettings(model="tiny:cogvlm2", device="cpu", adapters={"colours": tmp_path})) as server:
+        client = OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+        for row in held_out:
+            content = [{"type": "image_url", "image_url": {"url": data_url(Path(row.image).read_bytes(), "image/png")}},
+                       {"type": "text", "text": row.query}]
+            for model, answer in (("colours", row.answer), ("tiny:cogvlm2", None)):
+                reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": content}],
+                                                       max_tokens=8, temperature=0).choices[0].message.content
+                assert reply.strip() == (answer or generate_answers(tiny_pipeline, [row], None, 8)[0])
 
 
 def test_training_rows_are_the_inference_prompt_plus_labelled_answer_and_eos(tiny_pipeline, colour_task):

@@ -22,7 +22,7 @@ from coglens.serve.app import create_app
 from coglens.serve.settings import ServeSettings
 
 API_KEY = "sk-test-key"
-IMAGE = Path(__file__).resolve().parents[2] / "examples/images/red_circle.png"
+IMAGE = Path(__file__).resolve().parents[1] / "examples/images/red_circle.png"
 
 
 @dataclass
