@@ -1,0 +1,11 @@
+"""Causal interventions on CogVLM forward passes: ablate, steer, patch a module's activations at chosen tokens, or
+knock out attention between tokens, in the prefill and/or every generation step (``Intervene``), with values from
+stored lens runs or computed now (``sources``)."""
+
+from .context import Intervene
+from .edits import Ablate, Knockout, Patch, Steer
+from .layout import InterventionError
+from .sources import capture, load_vector, mean_difference, stored_activation, stored_mean
+
+__all__ = ["Ablate", "Intervene", "InterventionError", "Knockout", "Patch", "Steer", "capture", "load_vector",
+           "mean_difference", "stored_activation", "stored_mean"]
