@@ -4,8 +4,9 @@ stored lens runs or computed now (``sources``)."""
 
 from .context import Intervene
 from .edits import Ablate, Knockout, Patch, Steer
+from .effects import effects
 from .layout import InterventionError
 from .sources import capture, load_vector, mean_difference, stored_activation, stored_mean
 
-__all__ = ["Ablate", "Intervene", "InterventionError", "Knockout", "Patch", "Steer", "capture", "load_vector",
-           "mean_difference", "stored_activation", "stored_mean"]
+__all__ = ["Ablate", "Intervene", "InterventionError", "Knockout", "Patch", "Steer", "capture", "effects",
+           "load_vector", "mean_difference", "stored_activation", "stored_mean"]

@@ -7,7 +7,8 @@ path or database URL; the same setting as ``output_db``), ``output_format``, ``d
 ``quantize_vision`` (as ``--quantize``, ``--quantize-vision``), ``adapter`` (a PEFT adapter folder merged into the
 weights, as ``--adapter``; recorded as an absolute path, so the run says which adapter), ``store_dtype``,
 ``batch_size``, ``run_name``, ``overwrite``, ``manifest``, ``capture``, ``tokens``, ``pooling`` (the same
-setting as ``pooling_method``), ``steps``, and module entries written as maps
+setting as ``pooling_method``; VLM-Lens's ``None`` means ``none``), ``steps``, ``interventions`` and ``clean_run``
+(see :mod:`coglens.lens.run.interventions`), and module entries written as maps
 (``{name: PATTERN, tokens: ..., pooling: ..., path: ...}``) besides plain patterns.
 
 VLM-Lens ignores unknown keys silently; we warn once, naming each with the closest known key. Command-line
@@ -31,6 +32,7 @@ from coglens.lens.capture.choices import CAPTURE_CHOICES, POOLING_CHOICES, STEP_
 from coglens.lens.capture.modules import ModuleEntry, ModuleMatchError, compile_pattern
 from coglens.lens.capture.paths import CapturePath, CapturePathError
 from coglens.lens.capture.select import SelectionError, TokenSpec
+from coglens.lens.run.interventions import parse_interventions
 from coglens.lens.store.connection import without_password
 from coglens.lens.store.formats import COGLENS_FORMAT, MODEL_STORE_DTYPE, OUTPUT_FORMATS, STORE_DTYPES
 from coglens.modeling.configuration_cogvlm import VARIANTS
@@ -76,6 +78,8 @@ COGLENS_KEYS = (
     "tokens",
     "pooling",
     "steps",
+    "interventions",
+    "clean_run",
 )
 KNOWN_KEYS = VLM_LENS_KEYS + COGLENS_KEYS
 MODEL_KEYS = ("low_cpu_mem_usage", "trust_remote_code", "tokenizer_path", "legacy", "template_version")
@@ -140,6 +144,8 @@ class LensConfig:
     steps: str = "prefill"
     debug: bool = False
     log_named_modules: bool = False
+    interventions: tuple[Mapping[str, Any], ...] = ()  # checked entries (see coglens.lens.run.interventions)
+    clean_run: str | None = None  # with interventions: the run of the same inputs without them (default NAME.clean)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form (what a run records as its config)."""
@@ -150,6 +156,8 @@ class LensConfig:
                 value = {k.name: getattr(value, k.name) for k in fields(value)}
             elif f.name == "modules":
                 value = [_entry_dict(e) for e in value]
+            elif f.name == "interventions":  # None when there are none, as runs stored before they existed say
+                value = [dict(e) for e in value] or None
             elif isinstance(value, (Path, TokenSpec)):
                 value = str(value)
             elif isinstance(value, Mapping):
@@ -422,6 +430,8 @@ def load_lens_config(path: str | Path | None, overrides: Mapping[str, Any] | Non
         raise reader.fail("adapter", adapter, "no quantize with it: merge the adapter first (coglens merge-adapter) "
                           "and quantize the merged checkpoint")
     pooling = _aliased(reader, "pooling", "pooling_method")
+    if pooling == "None":  # VLM-Lens's README spells "no pooling" so (YAML reads it as a string)
+        pooling = "none"
     if pooling is not None and pooling not in POOLING_CHOICES:
         key = "pooling" if reader.get("pooling") is not None else "pooling_method"
         raise reader.fail(key, pooling, "one of: " + " | ".join(POOLING_CHOICES))
@@ -453,4 +463,6 @@ def load_lens_config(path: str | Path | None, overrides: Mapping[str, Any] | Non
         steps=reader.choice("steps", STEP_CHOICES, "prefill"),
         debug=bool(reader.boolean("debug", False)),
         log_named_modules=log_named_modules,
+        interventions=parse_interventions(reader.get("interventions"), reader.fail),
+        clean_run=reader.text("clean_run"),
     )

@@ -22,6 +22,7 @@ written by a writer thread while the next batch runs. Under ``torchrun`` each ra
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -37,9 +38,11 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from coglens.lens.capture.batch import BatchCapturer
 from coglens.lens.capture.modules import resolve_modules
+from coglens.lens.intervene.context import Intervene
 from coglens.lens.run.batches import BatchPreparer, SampleFailure, check_media, prefetch
 from coglens.lens.run.config import LensConfig, LensConfigError
 from coglens.lens.run.inputs import LensSample, collect_samples
+from coglens.lens.run.interventions import build_edits, check_targets
 from coglens.lens.run.progress import LensSummary, Progress
 from coglens.lens.run.ranks import ProcessGroup, Ranks, is_shared_database, shard_path
 from coglens.lens.store.connection import database_url, describe, without_password, write_failure
@@ -120,6 +123,13 @@ def run_lens(
         )
     ranks = ranks or Ranks.from_env()
     with _sigterm_raises(), ProcessGroup(ranks) as group:
+        if config.interventions:  # the same inputs without them first, so that every sample has both
+            clean_run = config.clean_run or f"{config.run_name or default_run_name}.clean"
+            pipeline = pipeline or load_pipeline(config, ranks)
+            check_targets(config.interventions, pipeline.model)
+            clean = dataclasses.replace(config, interventions=(), clean_run=None, run_name=clean_run)
+            _LensRun(clean, ranks, group, default_run_name, show_progress).execute(pipeline)
+            config = dataclasses.replace(config, clean_run=clean_run)
         return _LensRun(config, ranks, group, default_run_name, show_progress).execute(pipeline)
 
 
@@ -195,7 +205,12 @@ class _LensRun:
             except SQLAlchemyError as error:  # locked for too long, disk full, connection lost
                 raise write_failure(writer.name, error) from None
             todo = [sample for sample in mine if sample.key not in done]
-            outcome = self._extract_marking_status(writer, run_id, todo, processor, capturer, len(mine))
+            edits = build_edits(config.interventions, pipe, output=config.output, clean_run=config.clean_run or "")
+            with Intervene(model, edits) as intervened:
+                outcome = self._extract_marking_status(writer, run_id, todo, processor, capturer, len(mine))
+            if edits:
+                logger.info("%s: interventions applied (positions changed): %s", self.run_name,
+                            ", ".join(f"{r['kind']} {r.get('module', '')} {r['applied']}" for r in intervened.records))
         finally:
             writer.close()
         summary = LensSummary(

@@ -31,6 +31,7 @@ CAPTURE_SETTINGS = (
     "quantize",  # quantized and full-precision activations must not mix in one run
     "quantize_vision",
     "adapter",  # an adapter changes every activation downstream of the modules it adapts
+    "interventions",  # so do interventions
     "template_version",
     "tokenizer_path",
 )
