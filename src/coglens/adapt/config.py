@@ -4,6 +4,7 @@ Python, checked before any model loads so a typo fails in milliseconds."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,9 @@ MODULE_GROUPS: dict[str, str] = {
     "vision_tower": r"model\.vision\.transformer\.layers\.\d+\.(attention\.(query_key_value|dense)|mlp\.fc\d)",
 }
 DTYPES = ("float32", "bfloat16")
+# transformers' schedules (``get_scheduler``) that need no options beyond warmup and the run's length
+SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "inverse_sqrt")
+_DECAYING = ("linear", "cosine")  # their curve is stretched over max_steps
 
 
 @dataclass
@@ -27,7 +31,11 @@ class FinetuneConfig:
     the manifest's folder) or ``hf:NAME[:SPLIT]`` for a Hugging Face dataset; ``eval_fraction`` carves an eval
     split off ``train`` when no ``eval`` is given. ``target_modules``: names from :data:`MODULE_GROUPS` and/or
     regexes over module names (full match). ``batch_size`` rows per step, times ``grad_accum`` per optimizer
-    step; ``max_steps`` counts optimizer steps. ``quantize: nf4`` loads the base weights in 4 bits (QLoRA)."""
+    step; ``max_steps`` counts optimizer steps. ``lr_scheduler``: one of :data:`SCHEDULERS` (the decaying ones
+    reach 0 at ``max_steps``), after ``warmup_steps`` (or ``warmup_ratio`` of ``max_steps``) of linear warmup.
+    ``train_on_history``: the answers of the history turns are learned (and count in the eval loss) too, not only
+    the final one.
+    ``quantize: nf4`` loads the base weights in 4 bits (QLoRA)."""
 
     output_dir: Path
     train: str
@@ -45,6 +53,10 @@ class FinetuneConfig:
     gradient_checkpointing: bool = False
     learning_rate: float = 1e-3
     weight_decay: float = 0.0
+    lr_scheduler: str = "constant"  # the run's length leaves its rates alone: a smoke run resumes as one run
+    warmup_steps: int = 0
+    warmup_ratio: float = 0.0
+    train_on_history: bool = False
     batch_size: int = 4
     grad_accum: int = 1
     max_steps: int = 100
@@ -67,6 +79,18 @@ class FinetuneConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0 <= self.dropout < 1 or not 0 <= self.eval_fraction < 1:
             raise ValueError("dropout and eval_fraction must be in [0, 1)")
+        if self.lr_scheduler not in SCHEDULERS:
+            raise ValueError(f"lr_scheduler {self.lr_scheduler!r}: use one of {', '.join(SCHEDULERS)}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be at least 0, got {self.warmup_steps}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.warmup_steps and self.warmup_ratio:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) and warmup_ratio ({self.warmup_ratio}) are both "
+                             "set: give one of them")
+        if self.lr_scheduler == "constant" and self.num_warmup_steps:
+            raise ValueError("lr_scheduler 'constant' has no warmup, but warmup_steps or warmup_ratio is set: use "
+                             "lr_scheduler 'constant_with_warmup'")
         if self.quantize is not None:
             from coglens.modeling.quantization import SCHEMES
 
@@ -81,6 +105,19 @@ class FinetuneConfig:
     def target_pattern(self) -> str:
         """One full-match regex for peft: the named groups expanded, the other entries taken as regexes."""
         return "|".join(f"(?:{MODULE_GROUPS.get(entry, entry)})" for entry in self.target_modules)
+
+    @property
+    def num_warmup_steps(self) -> int:
+        """``warmup_steps``, or ``warmup_ratio`` of ``max_steps`` rounded up (as transformers' Trainer does)."""
+        return self.warmup_steps or math.ceil(self.warmup_ratio * self.max_steps)
+
+    @property
+    def schedule(self) -> dict[str, Any]:
+        """What fixes the learning rate of every step; checkpoints record it, so a resumed run can tell whether it
+        goes on along the same curve."""
+        return {"lr_scheduler": self.lr_scheduler, "learning_rate": self.learning_rate,
+                "warmup_steps": self.num_warmup_steps,
+                "max_steps": self.max_steps if self.lr_scheduler in _DECAYING else None}
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> FinetuneConfig:

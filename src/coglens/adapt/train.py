@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from tqdm.auto import tqdm
+from transformers import get_scheduler
 
 from coglens.engine import SamplingParams
 from coglens.pipeline import Pipeline
@@ -42,8 +43,10 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
     peft_model = _with_lora(pipe.model, config)
     params = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.num_warmup_steps,
+                              num_training_steps=config.max_steps)
     latest = latest_checkpoint(config.output_dir)
-    step = load_checkpoint(latest, peft_model, optimizer) if latest is not None else 0
+    step = 0 if latest is None else load_checkpoint(latest, peft_model, optimizer, scheduler, config.schedule)
     device = next(iter(params)).device
     evaluation, loss = None, None
     bar = tqdm(total=config.max_steps, initial=step, desc="finetune", unit="step", disable=not config.progress)
@@ -53,19 +56,21 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
         loss = 0.0
         for micro in range(config.grad_accum):
             rows = [train[i] for i in _batch(len(train), config, step * config.grad_accum + micro)]
-            batch = _to(collate([encode_example(row, pipe.tokenizer, pipe.config, config.template) for row in rows],
-                            _pad_id(pipe)), device)
+            batch = _to(collate([_encode(row, pipe, config) for row in rows], _pad_id(pipe)), device)
             part = peft_model(**batch, use_cache=False).loss / config.grad_accum
             part.backward()
             loss += part.item()
             seen += len(rows)
+        lr = optimizer.param_groups[0]["lr"]  # the rate this step trains at (the scheduler then sets the next)
         optimizer.step()
+        scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
         bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{seen / (time.perf_counter() - started):.1f}")
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", samples_s=f"{seen / (time.perf_counter() - started):.1f}")
         if step % config.save_every == 0 or step == config.max_steps:
-            save_checkpoint(checkpoint_dir(config.output_dir, step), peft_model, optimizer, step)
+            save_checkpoint(checkpoint_dir(config.output_dir, step), peft_model, optimizer, scheduler, step,
+                            config.schedule)
         if held_out and config.eval_every and step % config.eval_every == 0 and step < config.max_steps:
             evaluation = evaluate(pipe, peft_model, held_out, config)
             bar.write(f"step {step}: eval loss {evaluation['loss']:.4f}, exact match {evaluation['exact_match']:.2%}")
@@ -83,8 +88,7 @@ def evaluate(pipe: Pipeline, peft_model: Any, examples: Sequence[Example], confi
     losses = []
     with torch.no_grad():
         for start in range(0, len(examples), config.batch_size):
-            rows = [encode_example(row, pipe.tokenizer, pipe.config, config.template)
-                    for row in examples[start:start + config.batch_size]]
+            rows = [_encode(row, pipe, config) for row in examples[start:start + config.batch_size]]
             losses.append(peft_model(**_to(collate(rows, _pad_id(pipe)), device), use_cache=False).loss.item())
     answers = generate_answers(pipe, examples, config.template, config.max_new_tokens)
     right = sum(answer == row.answer.strip() for answer, row in zip(answers, examples, strict=True))
@@ -142,6 +146,11 @@ def _batch(size: int, config: FinetuneConfig, micro_step: int) -> Iterator[int]:
 @lru_cache(maxsize=2)  # a batch spans at most two epochs
 def _epoch_order(size: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(size, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
+
+
+def _encode(example: Example, pipe: Pipeline, config: FinetuneConfig) -> dict[str, Any]:
+    return encode_example(example, pipe.tokenizer, pipe.config, config.template,
+                          train_on_history=config.train_on_history)
 
 
 def _pad_id(pipe: Pipeline) -> int:
