@@ -17,6 +17,7 @@ from .explain import explain
 from .export import export_command
 from .extract import extract
 from .finetune import finetune
+from .logit_lens import logit_lens
 from .merge import merge_command
 from .merge_adapter import merge_adapter_command
 from .modules import modules
@@ -43,6 +44,7 @@ app.command()(chat)
 app.command()(web)
 app.command()(explain)
 app.command()(finetune)
+app.command("logit-lens")(logit_lens)
 
 
 def main() -> None:
