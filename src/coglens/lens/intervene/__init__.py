@@ -7,6 +7,8 @@ from .edits import Ablate, Knockout, Patch, Steer
 from .effects import effects
 from .layout import InterventionError
 from .sources import capture, load_vector, mean_difference, stored_activation, stored_mean
+from .sweep import PatchingSweep, patching_sweep, render_sweep
 
-__all__ = ["Ablate", "Intervene", "InterventionError", "Knockout", "Patch", "Steer", "capture", "effects",
-           "load_vector", "mean_difference", "stored_activation", "stored_mean"]
+__all__ = ["Ablate", "Intervene", "InterventionError", "Knockout", "Patch", "PatchingSweep", "Steer", "capture",
+           "effects", "load_vector", "mean_difference", "patching_sweep", "render_sweep", "stored_activation",
+           "stored_mean"]
