@@ -21,6 +21,7 @@ from .logit_lens import logit_lens
 from .merge import merge_command
 from .merge_adapter import merge_adapter_command
 from .modules import modules
+from .probe import probe
 from .serve import serve
 from .tiny import tiny
 from .web import web
@@ -45,6 +46,7 @@ app.command()(web)
 app.command()(explain)
 app.command()(finetune)
 app.command("logit-lens")(logit_lens)
+app.command()(probe)
 
 
 def main() -> None:
