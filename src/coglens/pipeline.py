@@ -145,17 +145,20 @@ class Pipeline:
         )
 
     def request(self, query: str, *, params: SamplingParams | None = None, request_id: str | None = None,
-                **input_options: Any) -> GenerationRequest:
+                adapter: str | None = None, **input_options: Any) -> GenerationRequest:
+        """An engine request for ``query``; ``adapter``: one of the adapters loaded with ``adapters=`` (by name)."""
         inputs = self.build_inputs(query, **input_options)
         extra = {"request_id": request_id} if request_id else {}
         return GenerationRequest(inputs["input_ids"], inputs["token_type_ids"], list(inputs["images"] or []),
-                                 params or SamplingParams(), **extra)
+                                 params or SamplingParams(), adapter=adapter, **extra)
 
-    def stream(self, query: str, *, params: SamplingParams | None = None, **input_options: Any) -> Iterator[TokenEvent]:
-        return self.engine.stream(self.request(query, params=params, **input_options))
+    def stream(self, query: str, *, params: SamplingParams | None = None, adapter: str | None = None,
+               **input_options: Any) -> Iterator[TokenEvent]:
+        return self.engine.stream(self.request(query, params=params, adapter=adapter, **input_options))
 
-    def ask(self, query: str, *, params: SamplingParams | None = None, **input_options: Any) -> GenerationResult:
-        return self.engine.generate([self.request(query, params=params, **input_options)])[0]
+    def ask(self, query: str, *, params: SamplingParams | None = None, adapter: str | None = None,
+            **input_options: Any) -> GenerationResult:
+        return self.engine.generate([self.request(query, params=params, adapter=adapter, **input_options)])[0]
 
 
 def _check_adapter(adapter: str | Path, quantize: str | None) -> Path:

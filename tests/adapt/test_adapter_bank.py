@@ -6,9 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from lora_kit import save_lora
 
-from coglens.engine import EngineInputError, GenerationRequest, SamplingParams
+from coglens.engine import Engine, EngineInputError, GenerationRequest, SamplingParams
+from coglens.engine.scheduler import Scheduler
 from coglens.modeling.adapters import AdapterBank, AdapterError, check_adapter_name
 from coglens.pipeline import Pipeline
 
@@ -96,7 +98,7 @@ def test_adapters_peft_cannot_mix_per_row_are_refused_before_loading(tmp_path):
     dora = _save(tmp_path / "dora", peft_config=LoraConfig(target_modules=["language_expert_dense"], use_dora=True))
     ia3 = _save(tmp_path / "ia3", peft_config=IA3Config(target_modules=["language_expert_dense"],
                                                          feedforward_modules=[]))
-    with pytest.raises(AdapterError, match="uses DoRA, which peft cannot mix per batch row; merge it"):
+    with pytest.raises(AdapterError, match="uses DoRA, which cannot be served per batch row beside other adapters"):
         Pipeline.load("tiny:cogvlm2", adapters={"d": dora}, device="cpu")
     with pytest.raises(AdapterError, match="is of type IA3, not LoRA: only LoRA adapters can be served side by side"):
         Pipeline.load("tiny:cogvlm2", adapters={"i": ia3}, device="cpu")
@@ -121,3 +123,65 @@ def test_adapter_names_are_what_clients_can_send(name):
 def test_an_empty_bank_is_refused(tiny_pipeline):
     with pytest.raises(AdapterError, match="no adapters given"):
         AdapterBank(tiny_pipeline.model, {})
+
+
+def _logits(pipe: Pipeline, model) -> torch.Tensor:
+    inputs = pipe.build_inputs("What is it?", images=[str(EXAMPLE)])
+    with torch.no_grad():
+        return model(input_ids=inputs["input_ids"][None], token_type_ids=inputs["token_type_ids"][None],
+                     images=[inputs["images"]]).logits[0, -1]
+
+
+def test_a_failed_mixed_step_leaves_nothing_behind_and_the_model_stays_the_base_model(banked, tiny_pipeline):
+    """A step that raises mid-forward (an out-of-memory error) must not leave rows' adapters in the layers, and
+    outside the engine the banked model computes the base model, whichever adapter ran last."""
+    names = ["one", "two", None]
+    alone = [banked.engine.generate([r])[0].token_ids for r in _requests(banked, names, "before")]
+    head, calls = banked.model.lm_head.forward, []
+
+    def failing(x):
+        calls.append(x.shape)
+        if len(calls) == 3:  # a mixed decode step
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return head(x)
+
+    banked.model.lm_head.forward = failing
+    try:
+        with pytest.raises(RuntimeError, match="simulated"):
+            Engine(banked.model, banked.tokenizer, adapters=banked.engine.adapters).generate(
+                _requests(banked, names, "failing"))
+    finally:
+        del banked.model.lm_head.forward
+    engine = Engine(banked.model, banked.tokenizer, adapters=banked.engine.adapters)
+    assert [r.token_ids for r in engine.generate(_requests(banked, names, "after"))] == alone
+    twos = [engine.generate([r])[0].token_ids for r in _requests(banked, ["two", "two"], "two")]
+    assert twos[1] == alone[1] and [r.token_ids for r in engine.generate(_requests(banked, ["two"] * 2, "b"))] == twos
+    torch.testing.assert_close(_logits(banked, banked.model), _logits(tiny_pipeline, tiny_pipeline.model))
+
+
+def test_the_scheduler_rebuilds_a_failed_engine_with_its_adapters(banked):
+    scheduler = Scheduler(banked.engine, max_queue=4, request_timeout_s=30)
+    scheduler._recover(RuntimeError("simulated"))
+    assert scheduler.engine is not banked.engine and scheduler.engine.adapters is banked.engine.adapters
+
+
+@pytest.mark.parametrize(("config", "words"), [
+    ({"modules_to_save": ["lm_head"]}, "uses modules_to_save"),
+    ({"bias": "all"}, "trains biases \\(bias='all'\\)"),
+    ({"layer_replication": [[0, 2]]}, "uses layer_replication"),
+])
+def test_lora_settings_that_cannot_be_served_per_row_are_refused(tmp_path, config, words):
+    from peft import LoraConfig
+
+    folder = _save(tmp_path / "a", peft_config=LoraConfig(target_modules=["language_expert_dense"], **config))
+    with pytest.raises(AdapterError, match=words):
+        Pipeline.load("tiny:cogvlm2", adapters={"a": folder}, device="cpu")
+
+
+def test_a_corrupt_weights_file_is_one_clear_error(lora_adapter, tmp_path):
+    import shutil
+
+    broken = shutil.copytree(lora_adapter, tmp_path / "broken")
+    (broken / "adapter_model.safetensors").write_bytes(b"\xff" * 64)
+    with pytest.raises(AdapterError, match="cannot apply the adapter"):
+        Pipeline.load("tiny:cogvlm2", adapters={"a": broken}, device="cpu")

@@ -106,6 +106,8 @@ def serve(
     from ..serve.service import check_adapter_names
     from ..serve.settings import ServeSettings
 
+    known = [*(served_model_name or [model or DEFAULT_TINY_MODEL]), Path(model or DEFAULT_TINY_MODEL).name]
+    check_adapter_names(known, adapters)  # before the model loads; its folder's names are checked after
     settings = ServeSettings(
         model=model or DEFAULT_TINY_MODEL, tokenizer=tokenizer, dtype=dtype, device=device, quantize=quantize,
         quantize_vision=quantize_vision,

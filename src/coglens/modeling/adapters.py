@@ -46,16 +46,23 @@ def apply_adapter(model: Any, adapter: str | Path) -> Any:
 class AdapterBank:
     """Named LoRA adapters loaded side by side on one model, unmerged, and chosen per batch row.
 
-    peft computes a mixed batch (``adapter_names=``) by slicing each adapted layer's input by batch row, which
-    holds for a step without vision tokens (every decode step: the experts then see (B, L, H) inputs). A step
-    with images routes flattened token subsets through the experts and batches images apart from rows, so it
-    must run one adapter at a time: :meth:`forward` refuses a mixed one. The engine prefills one adapter's rows
-    at a time and decodes them all together.
+    peft computes a mixed batch (``adapter_names``) by slicing each adapted layer's input by batch row, which holds
+    for a step without vision tokens (every decode step: the experts then see (B, L, H) inputs). A step with images
+    routes flattened token subsets through the experts and batches images apart from rows, so it runs one adapter
+    at a time (the engine prefills one adapter's rows at a time): :meth:`forward` refuses a mixed one.
+
+    The adapted layers are listed once: switching adapters touches only them, never the whole module tree, and the
+    rows' names reach them through hooks registered once, reset after every call, error or not. Outside
+    :meth:`forward` the model computes the base model (a forward pre-hook switches the adapters off), so code that
+    calls the model directly (the lens, explain) never runs whichever adapter served last.
     """
 
     BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
+    _MIXED = "__mixed__"
 
     def __init__(self, model: Any, adapters: Mapping[str, str | Path]) -> None:
+        from peft.tuners.lora import LoraLayer
+
         if not adapters:
             raise AdapterError("no adapters given: name at least one (NAME=PATH)")
         folders = {check_adapter_name(name): check_adapter_folder(path) for name, path in adapters.items()}
@@ -67,7 +74,14 @@ class AdapterBank:
         self.peft_model = peft_model.eval()
         self.model = model
         self.folders = folders
-        self._active: str | None = None
+        self._layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+        self._state = ""  # BASE, an adapter's name or _MIXED: what the layers are set to compute
+        self._rows: list[str] | None = None  # per-row names while a mixed forward runs
+        self._inside = False
+        for layer in self._layers:
+            layer.register_forward_pre_hook(self._inject_rows, with_kwargs=True)
+        model.register_forward_pre_hook(self._base_outside)
+        self._use(self.BASE)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -76,19 +90,41 @@ class AdapterBank:
     def forward(self, adapters: Sequence[str | None], **inputs: Any) -> Any:
         """The model's forward pass with adapter ``adapters[i]`` (None: the base model) on batch row i."""
         distinct = set(adapters)
-        if distinct == {None}:
-            with self.peft_model.disable_adapter():
-                return self.model(**inputs)
+        rows = None
         if len(distinct) == 1:
-            (name,) = distinct
-            if name != self._active:
-                self.peft_model.set_adapter(name, inference_mode=True)
-                self._active = name
+            (only,) = distinct
+            state = self.BASE if only is None else only
+        else:
+            types = inputs.get("token_type_ids")
+            if types is not None and bool(types.any()):  # vision positions
+                raise ValueError("a batch with images runs one adapter at a time; group its rows by adapter")
+            state, rows = self._MIXED, [self.BASE if a is None else a for a in adapters]
+        self._use(state)
+        self._rows, self._inside = rows, True
+        try:
             return self.model(**inputs)
-        types = inputs.get("token_type_ids")
-        if types is not None and bool(types.any()):  # vision positions
-            raise ValueError("a batch with images runs one adapter at a time; group its rows by adapter")
-        return self.peft_model(**inputs, adapter_names=[self.BASE if a is None else a for a in adapters])
+        finally:
+            self._rows, self._inside = None, False
+
+    def _use(self, state: str) -> None:
+        if state == self._state:
+            return
+        for layer in self._layers:
+            if state == self.BASE:
+                layer.enable_adapters(False)
+                continue
+            layer.enable_adapters(True)
+            layer.set_adapter(list(self.folders) if state == self._MIXED else state, inference_mode=True)
+        self._state = state
+
+    def _inject_rows(self, module: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
+        if self._rows is None:
+            return None
+        return args, {**kwargs, "adapter_names": self._rows}
+
+    def _base_outside(self, module: Any, args: tuple) -> None:
+        if not self._inside:
+            self._use(self.BASE)
 
 
 def parse_named_adapters(specs: Sequence[str], *, option: str = "--adapter") -> dict[str, Path]:
@@ -117,18 +153,34 @@ def check_adapter_name(name: str) -> str:
 _ADAPTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-/:]{0,127}")
 
 
+# LoRA settings peft cannot serve per batch row, or that change what the base model computes (biases trained into
+# shared layers, replicated layers, whole modules saved), with what they mean.
+_NOT_PER_ROW = {
+    "use_dora": "DoRA", "modules_to_save": "modules_to_save (whole modules trained beside the LoRA)",
+    "trainable_token_indices": "trainable_token_indices", "target_parameters": "target_parameters",
+    "layer_replication": "layer_replication", "alora_invocation_tokens": "activated LoRA (alora_invocation_tokens)",
+    "use_qalora": "QALoRA", "arrow_config": "Arrow routing", "use_bdlora": "block-diagonal LoRA",
+}
+
+
 def _check_servable(folder: Path, name: str) -> None:
-    """Mixed batches are peft's for plain LoRA only: other adapter kinds and DoRA are refused before loading."""
+    """Mixed batches are peft's for plain LoRA: other adapter kinds, and LoRA settings that cannot be applied per
+    row or that would change the shared base weights, are refused before anything loads."""
     from peft import PeftType
 
     config = _read_config(folder)
+    merge = "; merge it (coglens merge-adapter) and serve the merged checkpoint"
     if config.peft_type != PeftType.LORA:
         kind = getattr(config.peft_type, "value", config.peft_type)
         raise AdapterError(f"adapter {name!r} ({folder}) is of type {kind}, not LoRA: only LoRA adapters can be "
-                           "served side by side; merge it (coglens merge-adapter) and serve the merged checkpoint")
-    if getattr(config, "use_dora", False):
-        raise AdapterError(f"adapter {name!r} ({folder}) uses DoRA, which peft cannot mix per batch row; merge it "
-                           "(coglens merge-adapter) and serve the merged checkpoint")
+                           f"served side by side{merge}")
+    for field, what in _NOT_PER_ROW.items():
+        if getattr(config, field, None):
+            raise AdapterError(f"adapter {name!r} ({folder}) uses {what}, which cannot be served per batch row "
+                               f"beside other adapters{merge}")
+    if getattr(config, "bias", "none") != "none":
+        raise AdapterError(f"adapter {name!r} ({folder}) trains biases (bias={config.bias!r}) of layers every request "
+                           f"shares, so the base model would change with it{merge}")
 
 
 def _read_config(folder: Path) -> Any:
@@ -144,6 +196,7 @@ def _load_checked(model: Any, folder: Path, name: str) -> Any:
     """``model`` (a base model, or a PeftModel holding other adapters) with the adapter in ``folder`` loaded as
     ``name``, every weight checked to land: peft only warns about missing or unknown ones."""
     from peft import PeftModel, get_peft_model_state_dict, load_peft_weights
+    from safetensors import SafetensorError
 
     _read_config(folder)  # a config peft cannot read fails here, not deep inside peft
     base = model.get_base_model() if isinstance(model, PeftModel) else model
@@ -157,9 +210,9 @@ def _load_checked(model: Any, folder: Path, name: str) -> Any:
                 peft_model = model
             else:
                 peft_model = PeftModel.from_pretrained(model, str(folder), adapter_name=name)
-    except (ValueError, TypeError, KeyError, RuntimeError, OSError) as exc:
+    except (ValueError, TypeError, KeyError, RuntimeError, OSError, SafetensorError) as exc:
         raise AdapterError(f"cannot apply the adapter {folder} to {_base_name(base)}: "
-                           f"{_first_line(exc)}") from exc
+                           f"{_first_line(exc, name)}") from exc
     expected = set(get_peft_model_state_dict(peft_model, adapter_name=name))
     missing, unknown = sorted(expected - stored), sorted(stored - expected)
     if missing or unknown:
@@ -198,12 +251,12 @@ def _short(key: str, name: str = "default") -> str:
     return key.removeprefix("base_model.model.").replace(f".{name}.", ".")
 
 
-def _first_line(exc: BaseException) -> str:
+def _first_line(exc: BaseException, name: str = "default") -> str:
     """torch lists every mismatched tensor over many lines, in peft's names: the first, shortened, says enough."""
     mismatches = _SIZE_MISMATCH.findall(str(exc))
     if mismatches:
         key, found, wanted = mismatches[0]
-        return (f"`{_short(key)}` has shape {found} in the adapter but {wanted} in the model "
+        return (f"`{_short(key, name)}` has shape {found} in the adapter but {wanted} in the model "
                 f"({len(mismatches)} mismatch(es) in all); it was made for another base model")
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return lines[0] if lines else type(exc).__name__

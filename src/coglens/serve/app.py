@@ -45,6 +45,11 @@ def create_app(settings: ServeSettings | None = None, *, pipeline: Pipeline | No
     """Build the app; with ``pipeline`` given, serve it instead of loading ``settings.model`` (which then
     only names it)."""
     settings = settings or ServeSettings()
+    if pipeline is not None and settings.adapters:
+        bank = pipeline.engine.adapters
+        if bank is None or set(bank.names) != set(settings.adapters):
+            raise ValueError("settings.adapters names adapters the given pipeline did not load: load it with "
+                             "Pipeline.load(..., adapters=settings.adapters)")
     metrics = ServeMetrics()
     app = FastAPI(title="CogLens", summary="CogVLM / CogVLM2 / CogVLM2-Video over OpenAI, TGI, vLLM and Triton",
                   lifespan=_lifespan)

@@ -330,8 +330,9 @@ def check_adapter_names(model_names: list[str], adapter_names: Iterable[str]) ->
     """An adapter's name must not be one the base model answers to: ``model`` would name both."""
     clash = sorted(set(adapter_names) & {*model_names, *ANY_MODEL})
     if clash:
+        names = ", ".join([*model_names, *(f"{n} (TGI clients' placeholder)" for n in ANY_MODEL)])
         raise ValueError(f"--adapter {clash[0]}=...: {clash[0]!r} is also a name of the served model (its names: "
-                         f"{', '.join(model_names)}); give the adapter another name")
+                         f"{names}); give the adapter another name")
 
 
 class TokenizerPool:

@@ -56,7 +56,8 @@ class VLLMServing:
 
 
 def error_body(error: ServeError) -> ErrorResponse:
-    kind = "BadRequestError" if error.status_code < 500 else "InternalServerError"
+    kind = ("NotFoundError" if error.status_code == 404 else "BadRequestError" if error.status_code < 500
+            else "InternalServerError")  # vLLM's names
     return ErrorResponse(error=ErrorInfo(message=error.message, type=kind, param=error.param, code=error.status_code))
 
 
