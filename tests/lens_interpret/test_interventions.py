@@ -209,3 +209,75 @@ def test_mistakes_are_named_and_leave_no_hooks(pipe):
         _logits(model, args)
     hooks = [m for m in model.modules() if m._forward_hooks or m._forward_pre_hooks]
     assert hooks == []
+
+
+def test_knockout_follows_the_engines_batch_as_rows_leave_and_join(pipe):
+    """Rows of different lengths finish at different steps, and a small batch admits waiting rows mid-generation:
+    the prompt's image positions must still be known at every decode step of every row."""
+    from coglens.engine import Engine
+
+    queries = [("What is it?", 3), ("Describe the picture.", 6), ("Colour?", 5), ("Which shape is shown?", 4)]
+
+    def requests(tag: str):
+        return [pipe.request(q, images=[RED], params=SamplingParams(max_new_tokens=n, ignore_eos=True),
+                             request_id=f"{tag}{i}") for i, (q, n) in enumerate(queries)]
+
+    knockout = Knockout(keys="image")
+    with Intervene(pipe.model, [knockout]):
+        alone = [pipe.engine.generate([r])[0].token_ids for r in requests("alone")]
+        together = [r.token_ids for r in Engine(pipe.model, pipe.tokenizer, max_batch_size=2).generate(
+            requests("small"))]
+    assert together == alone
+    assert alone != [pipe.engine.generate([r])[0].token_ids for r in requests("clean")]
+
+
+def test_a_step_that_fails_leaves_the_engine_usable(pipe):
+    with Intervene(pipe.model, [Steer("model.layers.0", torch.ones(3))]), pytest.raises(InterventionError):
+        pipe.ask("What is it?", images=[RED])
+    assert not pipe.engine.has_work()
+    assert len(pipe.ask("What is it?", images=[RED], params=SamplingParams(max_new_tokens=3)).token_ids) == 3
+
+
+def test_per_token_values_go_where_the_selection_lists_them(pipe):
+    model = pipe.model
+    red, blue = _args(pipe, "What is it?", RED), _args(pipe, "What is it?", BLUE)
+    value = capture(pipe, "What is it?", "model.layers.0", tokens="[12, 9]", images=[BLUE])
+    source = _layer_output(model, blue, "model.layers.0")
+    torch.testing.assert_close(value, source[[12, 9]])
+    with Intervene(model, [Patch("model.layers.0", value, tokens="[12, 9]")]):
+        patched = _layer_output(model, red, "model.layers.0")
+    torch.testing.assert_close(patched[[9, 12]], source[[9, 12]])
+
+
+def test_lm_head_edits_the_positions_it_computes(pipe):
+    """The engine keeps only the last position's logits at the prefill: [0] is not computed there, last is."""
+    favourite = torch.zeros(pipe.config.vocab_size)
+    favourite[7] = 1e4
+    params = SamplingParams(max_new_tokens=2)
+    clean = pipe.ask("What is it?", images=[RED], params=params).token_ids
+    with Intervene(pipe.model, [Steer("lm_head", favourite, tokens="last", steps="prefill")]) as run:
+        assert pipe.ask("What is it?", images=[RED], params=params).token_ids[0] == 7
+    assert run.applied == [1]
+    with Intervene(pipe.model, [Steer("lm_head", favourite, tokens="[0]", steps="prefill")]) as run:
+        assert pipe.ask("What is it?", images=[RED], params=params).token_ids == clean
+    assert run.applied == [0]
+
+
+def test_a_query_with_every_key_knocked_out_never_reads_the_future(pipe):
+    model = pipe.model
+    a, b = _args(pipe, "What is it?", RED), _args(pipe, "What is it?", RED)
+    b["input_ids"] = b["input_ids"].clone()
+    b["input_ids"][0, -2] = 100  # a later token differs
+    with Intervene(model, [Knockout(queries="[3]", keys="slice:0:4", layers=[0])]):
+        first, second = _layer_output(model, a, "model.layers.0"), _layer_output(model, b, "model.layers.0")
+    torch.testing.assert_close(first[3], second[3])
+
+
+def test_misuse_is_named(pipe):
+    model, args = pipe.model, _args(pipe, "What is it?", RED)
+    with (pytest.raises(InterventionError, match="outside a forward pass"),
+          Intervene(model, [Ablate("model.layers.0")]), torch.no_grad()):
+        model.model(input_ids=args["input_ids"], token_type_ids=torch.zeros_like(args["token_type_ids"]))
+    with (pytest.raises(InterventionError, match="keyword arguments only"),
+          Intervene(model, [Ablate("model", io="input")]), torch.no_grad()):
+        model(**args)

@@ -58,6 +58,12 @@ def test_an_answer_is_teacher_forced_and_scored_token_by_token(tiny_pipeline):
     assert picture.size[0] > 120 + 3 * 90 and picture.size[1] > 26 * len(lens.layers)
 
 
+def test_a_position_before_an_image_has_no_target(tiny_pipeline):
+    lens = logit_lens(tiny_pipeline, "What is it?", images=[RED], positions="[0]")  # bos, then the image
+    assert lens.target_ids == [-1] and lens.targets == ["<image>"] and lens.target_probs.isnan().all()
+    assert lens.to_dict()["target_probs"] == [[None]] * len(lens.layers)
+
+
 def test_bad_requests_are_named(tiny_pipeline):
     with pytest.raises(LogitLensError, match="positions 'answer' needs an answer"):
         logit_lens(tiny_pipeline, "Hi", positions="answer")
@@ -65,6 +71,10 @@ def test_bad_requests_are_named(tiny_pipeline):
         logit_lens(tiny_pipeline, "Hi", positions="image")
     with pytest.raises(LogitLensError, match="positions 'pixels'"):
         logit_lens(tiny_pipeline, "Hi", positions="pixels")
+    with pytest.raises(LogitLensError, match="the answer is empty"):
+        logit_lens(tiny_pipeline, "Hi", answer=" ")
+    with pytest.raises(LogitLensError, match="too many to draw"):
+        render(logit_lens(tiny_pipeline, "Hi " * 40, positions="all"))
 
 
 def test_the_command_prints_the_table_and_writes_the_picture_and_numbers(tmp_path):

@@ -108,6 +108,19 @@ def test_a_module_that_does_not_exist_fails_before_anything_is_stored(tiny_pipel
     assert not (tmp_path / "runs.db").exists()
 
 
+@pytest.mark.parametrize(("changes", "words"), [
+    ({"output_format": "vlm-lens"}, "output_format: 'vlm-lens'"),
+    ({"run_name": "x", "clean_run": "x"}, "clean_run: 'x'"),
+    ({"interventions": [{"ablate": "model.layers.1", "tokens": "image", "mode": "mean"}]},
+     "this config stores it at tokens last; add a modules entry {name: model.layers.1, tokens: image}"),
+    ({"interventions": [{"ablate": "model.norm", "mode": "mean"}]}, "does not capture it (output)"),
+])
+def test_interventions_that_the_clean_run_cannot_support_are_refused(tmp_path, changes, words):
+    with pytest.raises(LensConfigError) as error:
+        load_lens_config(None, {**_config(tmp_path, [{"ablate": "model.layers.0", "tokens": "image"}]), **changes})
+    assert words in str(error.value)
+
+
 def test_vlm_lens_pooling_method_none_means_no_pooling(tmp_path):
     config = load_lens_config(None, {**_config(tmp_path, []), "pooling_method": "None"})
     assert config.pooling == "none"

@@ -20,6 +20,9 @@ class BatchKVCache:
         self._k: list[torch.Tensor] = []
         self._v: list[torch.Tensor] = []
         self._len: list[int] = []
+        # (B, cached + fed columns) token types of the call being run, set by the engine: hooks that select tokens
+        # by type during a decode step (interventions) read where the prompt's image tokens were
+        self.token_types: torch.Tensor | None = None
 
     def update(self, k: torch.Tensor, v: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         if layer_idx == len(self._k):

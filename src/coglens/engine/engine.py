@@ -80,8 +80,12 @@ class Engine:
         self._running: list[_Sequence] = []
         self._by_id: dict[str, _Sequence] = {}
         self._aborted: set[str] = set()
+        self._reset_batch()
+
+    def _reset_batch(self) -> None:
         self._cache = BatchKVCache()
         self._mask = torch.zeros(0, 0, dtype=torch.long, device=self.device)
+        self._types = torch.zeros(0, 0, dtype=torch.long, device=self.device)
         self._positions = torch.zeros(0, dtype=torch.long, device=self.device)
         self._last = torch.zeros(0, dtype=torch.long, device=self.device)
 
@@ -105,15 +109,28 @@ class Engine:
     def step(self) -> list[TokenEvent]:
         """Decode one token for every running request, then admit waiting ones; returns the new events."""
         events: list[TokenEvent] = []
-        self._drop_aborted(events)
-        if self._running:
-            events += self._decode()
-        admitted = self._admit()
-        if admitted:
-            events += self._prefill(admitted)
-        self._retire()
+        try:
+            self._drop_aborted(events)
+            if self._running:
+                events += self._decode()
+            admitted = self._admit()
+            if admitted:
+                events += self._prefill(admitted)
+            self._retire()
+        except BaseException:
+            self.reset()  # a forward that failed half-way leaves the cache of every row inconsistent
+            raise
         self.stats.max_running = max(self.stats.max_running, len(self._running))
         return events
+
+    def reset(self) -> None:
+        """Drop every request, running or waiting (after a failed step: the batch's cache cannot be trusted)."""
+        with self._lock:
+            self._waiting.clear()
+            self._running = []
+            self._by_id.clear()
+            self._aborted.clear()
+        self._reset_batch()
 
     def stream(self, request: GenerationRequest, *, stop: threading.Event | None = None) -> Iterator[TokenEvent]:
         """Run one request to the end, yielding its events as they come (drives the engine itself).
@@ -267,6 +284,7 @@ class Engine:
         ids, types, mask = ids.to(self.device), types.to(self.device), mask.to(self.device)
         positions = build_position_ids(types, mask)
         cache = BatchKVCache()
+        cache.token_types = types
         every_position = any(s.request.params.prompt_logprobs for s in seqs)  # only then: logits are big
         out = self._forward(seqs, input_ids=ids, images=[list(s.request.images) for s in seqs],
                             token_type_ids=types, attention_mask=mask, position_ids=positions, past_key_values=cache,
@@ -279,6 +297,7 @@ class Engine:
         total = max(self._mask.shape[1], width)
         self._cache.extend(cache)
         self._mask = torch.cat((pad_left(self._mask, total), pad_left(mask, total)))
+        self._types = torch.cat((pad_left(self._types, total), pad_left(types, total)))
         self._positions = torch.cat((self._positions, positions[:, -1] + 1))
         self._last = torch.cat((self._last, new_tokens))
         self._running += seqs
@@ -287,6 +306,8 @@ class Engine:
     def _decode(self) -> list[TokenEvent]:
         b = len(self._running)
         self._mask = torch.cat((self._mask, self._mask.new_ones(b, 1)), dim=1)
+        self._types = torch.cat((self._types, self._types.new_zeros(b, 1)), dim=1)  # generated: language tokens
+        self._cache.token_types = self._types
         out = self._forward(self._running, input_ids=self._last.view(b, 1),
                             token_type_ids=torch.zeros_like(self._last).view(b, 1), attention_mask=self._mask,
                             position_ids=self._positions.view(b, 1), past_key_values=self._cache, use_cache=True)
@@ -382,9 +403,7 @@ class Engine:
             return
         self._running = [self._running[i] for i in keep]
         if not keep:
-            self._cache = BatchKVCache()
-            self._mask = self._mask[:0, :0]
-            self._positions, self._last = self._positions[:0], self._last[:0]
+            self._reset_batch()
             return
         rows = torch.tensor(keep, device=self.device)
         self._cache.select(rows)
@@ -392,6 +411,7 @@ class Engine:
         first_used = int(self._mask.any(dim=0).int().argmax())  # columns padded in every row can go
         self._cache.trim_left(first_used)
         self._mask = self._mask[:, first_used:]
+        self._types = self._types[rows, first_used:]
 
 
 def _prompt_logprobs(logits: torch.Tensor, request: GenerationRequest) -> PromptLogprobs:

@@ -21,6 +21,7 @@ from coglens.modeling.routing import VISION_TOKEN_TYPE
 from .heatmap import colormap
 
 IMAGE_TOKEN = "<image>"
+MAX_DRAWN_POSITIONS = 64
 
 
 class LogitLensError(ValueError):
@@ -30,7 +31,8 @@ class LogitLensError(ValueError):
 @dataclass(frozen=True)
 class LogitLens:
     """Per layer (``layers``: ``embeddings``, then ``0`` .. ``N-1``) and analysed position: the top-k tokens with
-    their probabilities, and the probability of the position's target token."""
+    their probabilities, and the probability of the position's target token (NaN, target id -1, where the next
+    token is an image placeholder: nothing to predict)."""
 
     layers: list[str]
     positions: list[int]  # indices into the (prompt + answer) sequence
@@ -44,7 +46,8 @@ class LogitLens:
 
     def to_dict(self) -> dict[str, Any]:
         return {"layers": self.layers, "positions": self.positions, "inputs": self.inputs, "targets": self.targets,
-                "target_ids": self.target_ids, "target_probs": self.target_probs.tolist(),
+                "target_ids": self.target_ids,
+                "target_probs": [[None if p != p else p for p in row] for row in self.target_probs.tolist()],
                 "top_ids": self.top_ids.tolist(), "top_probs": self.top_probs.tolist(), "top_tokens": self.top_tokens}
 
 
@@ -63,9 +66,10 @@ def logit_lens(pipeline: Any, query: str, *, images: list[Any] | None = None, te
     prompt_len = ids.numel()
     answer_ids: list[int] = []
     if answer is not None:
-        text = answer if answer[:1].isspace() else " " + answer  # the space the template puts after its cue
+        chat_cue = (template or pipeline.config.template_version) != "base"  # base continues the text as is
+        text = " " + answer if chat_cue and not answer[:1].isspace() else answer  # the space after "Answer:"
         answer_ids = tokenizer.encode(text, add_special_tokens=False)
-        if not answer_ids:
+        if not answer.strip() or not answer_ids:
             raise LogitLensError("the answer is empty; give the text the model should answer")
         ids = torch.cat((ids, torch.tensor(answer_ids)))
         types = torch.cat((types, torch.zeros(len(answer_ids), dtype=types.dtype)))
@@ -83,13 +87,19 @@ def logit_lens(pipeline: Any, query: str, *, images: list[Any] | None = None, te
     probs = torch.stack(rows).float().softmax(-1).cpu()  # [layers, positions, vocab]
     final = out.logits[0, -1].argmax().item()
     sequence = ids.tolist()
-    target_ids = [sequence[p + 1] if p + 1 < len(sequence) else final for p in chosen]
+    kinds = types.tolist()
+    # a position followed by an image placeholder has no token to predict (its "id" is a placeholder): NaN there
+    placeholder = [p + 1 < len(sequence) and kinds[p + 1] == VISION_TOKEN_TYPE for p in chosen]
+    target_ids = [-1 if skip else sequence[p + 1] if p + 1 < len(sequence) else final
+                  for p, skip in zip(chosen, placeholder, strict=True)]
     top_probs, top_ids = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
-    target_probs = probs.gather(-1, torch.tensor(target_ids)[None, :, None].expand(len(rows), -1, 1))[..., 0]
-    texts = _token_texts(tokenizer, sequence, types.tolist())
+    index = torch.tensor([max(t, 0) for t in target_ids])[None, :, None].expand(len(rows), -1, 1)
+    target_probs = probs.gather(-1, index)[..., 0].masked_fill(torch.tensor(placeholder)[None], float("nan"))
+    texts = _token_texts(tokenizer, sequence, kinds)
     return LogitLens(
         layers=names, positions=chosen, inputs=[texts[p] for p in chosen],
-        targets=[tokenizer.decode([t]) for t in target_ids], target_ids=target_ids, top_ids=top_ids,
+        targets=[IMAGE_TOKEN if t < 0 else tokenizer.decode([t]) for t in target_ids], target_ids=target_ids,
+        top_ids=top_ids,
         top_probs=top_probs, top_tokens=[[[tokenizer.decode([t]) for t in cell] for cell in row] for row in
                                          top_ids.tolist()], target_probs=target_probs)
 
@@ -117,13 +127,16 @@ def render(lens: LogitLens, *, cell: tuple[int, int] = (96, 26)) -> Image.Image:
     """Layers (rows, last on top) x positions (columns): each cell coloured by the target token's probability
     (absolute, 0 to 1) and labelled with that layer's top token; input tokens along the bottom, targets on top."""
     width, height = cell
+    n_layers, n_positions = lens.target_probs.shape
+    if n_positions > MAX_DRAWN_POSITIONS:
+        raise LogitLensError(f"{n_positions} positions are too many to draw (at most {MAX_DRAWN_POSITIONS}); pick "
+                             "fewer, e.g. positions slice:-32: or text")
     font = ImageFont.load_default(size=12)
     margin_left, margin_top, margin_bottom = 120, height, 2 * height
-    n_layers, n_positions = lens.target_probs.shape
     picture = Image.new("RGB", (margin_left + n_positions * width, margin_top + n_layers * height + margin_bottom),
                         "white")
     draw = ImageDraw.Draw(picture)
-    colours = colormap(lens.target_probs.numpy())
+    colours = colormap(np.nan_to_num(lens.target_probs.numpy(), nan=0.0))
     for row in range(n_layers):
         y = margin_top + (n_layers - 1 - row) * height
         draw.text((4, y + 6), f"layer {lens.layers[row]}", fill="black", font=font)

@@ -56,6 +56,7 @@ class Intervene:
             self._targets += [(index, spec.name, spec.module) for spec in specs]
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._layout: CallLayout | None = None
+        self._past_types: torch.Tensor | None = None
         self._step = -1
 
     @property
@@ -68,6 +69,7 @@ class Intervene:
             raise RuntimeError("this Intervene is already open; open a new one instead of nesting it")
         try:
             self._handles.append(self.model.register_forward_pre_hook(self._read_call, with_kwargs=True))
+            self._handles.append(self.model.register_forward_hook(self._end_call, always_call=True))
             for index, name, module in self._targets:
                 edit = self.edits[index]
                 assert not isinstance(edit, Knockout)
@@ -75,7 +77,7 @@ class Intervene:
                     self._handles.append(module.register_forward_pre_hook(self._input_hook(index, name),
                                                                           with_kwargs=True))
                 else:
-                    self._handles.append(module.register_forward_hook(self._output_hook(index, name)))
+                    self._handles.append(module.register_forward_hook(self._output_hook(index, name, module)))
             for index, _, module in self._attention:
                 self._handles.append(module.register_forward_pre_hook(self._knockout_hook(index, module),
                                                                       with_kwargs=True))
@@ -99,61 +101,86 @@ class Intervene:
         inputs = dict(kwargs)
         if args:
             inputs.setdefault("input_ids", args[0])
-        previous = self._layout
-        past_types = previous.types if previous is not None else None
-        layout = CallLayout.of_call(inputs, 0, past_types)
+        layout = CallLayout.of_call(inputs, 0, self._past_types)
         prefill = layout.window == layout.positions.shape[1]
         self._step = 0 if prefill else self._step + 1
         self._layout = CallLayout(self._step, layout.positions, layout.types, layout.window)
+
+    def _end_call(self, module: nn.Module, args: tuple, output: Any) -> None:
+        """A module run on its own after this (not through the model) must not see this call's layout; the
+        types stay for the next decode step."""
+        if self._layout is not None:
+            self._past_types = self._layout.types
+        self._layout = None
 
     def _current(self, what: str) -> CallLayout:
         if self._layout is None:
             raise InterventionError(f"{what}: the module ran outside a forward pass of the model given to Intervene")
         return self._layout
 
-    def _selected(self, edit: TensorEdit, x: torch.Tensor, name: str) -> torch.Tensor | None:
-        """[rows, positions] bool over x's first two axes, or None when the edit does not run at this step."""
-        layout = self._current(f"{type(edit).__name__.lower()} {name}")
+    def _selected(self, edit: TensorEdit, x: torch.Tensor, name: str, last_only: bool) -> list[torch.Tensor] | None:
+        """Per row of ``x``, the indices on its second axis the edit changes, in the selection's order; None when
+        the edit does not run at this step. ``last_only``: the module may compute only the last positions of the
+        call (``lm_head`` under ``logits_to_keep``), aligned to the right."""
+        what = f"{type(edit).__name__.lower()} {name}"
+        layout = self._current(what)
         if not runs_at(edit.steps, layout.step == 0):
             return None
-        what = f"{type(edit).__name__.lower()} {name}"
         spec = edit.tokens
         assert isinstance(spec, TokenSpec)
-        if x.dim() >= 2 and x.shape[0] == layout.batch_size and x.shape[1] == layout.window:
-            return layout.queries(spec, what).to(x.device)
-        if spec.needs_token_types:  # not the token axis (e.g. a vision tower's patches)
-            raise InterventionError(
-                f"{what}: the output has shape {tuple(x.shape)}, not one position per prompt token, so the token "
-                f"selection {str(spec)!r} cannot apply; use all, [positions] or slice:A:B on it")
         if x.dim() < 2:
             raise InterventionError(f"{what}: the tensor has shape {tuple(x.shape)}; it needs a row and a position "
                                     "axis to edit")
-        positions = torch.arange(x.shape[1], device=x.device).expand(x.shape[0], -1)
-        return _select(spec, positions, None)
+        on_tokens = x.shape[0] == layout.batch_size and (
+            x.shape[1] == layout.window or (last_only and x.shape[1] < layout.window))
+        if on_tokens:
+            picked = layout.queries(spec, what)[:, -x.shape[1]:].to(x.device)
+            positions = layout.positions[:, -x.shape[1]:].to(x.device)
+        elif spec.needs_token_types:  # not the token axis (e.g. a vision tower's patches)
+            raise InterventionError(
+                f"{what}: the output has shape {tuple(x.shape)}, not one position per prompt token, so the token "
+                f"selection {str(spec)!r} cannot apply; use all, [positions] or slice:A:B on it")
+        else:
+            positions = torch.arange(x.shape[1], device=x.device).expand(x.shape[0], -1)
+            picked = _select(spec, positions, None)
+        if spec.kind != "positions":
+            return [row.nonzero().flatten() for row in picked]
+        # [p, q, ...] in the order given: a value captured at the same selection lines up row by row
+        lengths = (layout.positions.max(dim=1).values + 1).tolist() if on_tokens else [x.shape[1]] * x.shape[0]
+        columns = []
+        for row in range(x.shape[0]):
+            wanted = [p if p >= 0 else lengths[row] + p for p in spec.positions]
+            found = [(positions[row] == p).nonzero().flatten() for p in wanted]
+            columns.append(torch.cat([f[:1] for f in found]) if found else positions.new_zeros(0))
+        return columns
 
-    def _edit(self, index: int, name: str, x: Any) -> Any:
+    def _edit(self, index: int, name: str, x: Any, last_only: bool = False) -> Any:
         edit = self.edits[index]
         assert not isinstance(edit, Knockout)
         tensor, rebuild = _main_tensor(x)
         if tensor is None:
             raise InterventionError(f"{type(edit).__name__.lower()} {name}: the module's {edit.io} holds no tensor")
-        selected = self._selected(edit, tensor, name)
-        if selected is None:
+        columns = self._selected(edit, tensor, name, last_only)
+        if columns is None:
             return None
-        edited, count = apply_edit(edit, tensor, selected, name)
+        edited, count = apply_edit(edit, tensor, columns, name)
         self.applied[index] += count
         return rebuild(edited) if count else None
 
-    def _output_hook(self, index: int, name: str) -> Callable[..., Any]:
+    def _output_hook(self, index: int, name: str, module: nn.Module) -> Callable[..., Any]:
+        last_only = module is self.model.get_output_embeddings()  # logits_to_keep: only the last positions
+
         def hook(module: nn.Module, args: tuple, output: Any) -> Any:
-            return self._edit(index, name, output)
+            return self._edit(index, name, output, last_only)
 
         return hook
 
     def _input_hook(self, index: int, name: str) -> Callable[..., Any]:
         def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> Any:
             if not args:
-                return None
+                raise InterventionError(f"{type(self.edits[index]).__name__.lower()} {name}: the module was called "
+                                        "with keyword arguments only, so it has no positional input to edit; edit "
+                                        "the output of the module before it instead")
             edited = self._edit(index, name, args[0])
             return None if edited is None else ((edited, *args[1:]), kwargs)
 
@@ -180,7 +207,11 @@ class Intervene:
                 bias = causal_bias(length, total, hidden.dtype, hidden.device)
             heads = _heads(edit, attention.num_heads)
             bias = bias.expand(b, attention.num_heads, length, total).clone()
-            bias[:, heads] = bias[:, heads].masked_fill(blocked[:, None], torch.finfo(bias.dtype).min)
+            # half the dtype's minimum: blocked keys stay above future and padding ones (the minimum), so a query
+            # whose every visible key is blocked spreads over those keys, never over the future
+            floor = torch.finfo(bias.dtype).min / 2
+            chosen = bias[:, heads]
+            bias[:, heads] = chosen.masked_fill(blocked[:, None] & (chosen > floor), floor)
             self.applied[index] += int(blocked.any(dim=2).sum())
             return (*args[:_BIAS_ARG], bias, *args[_BIAS_ARG + 1:]), kwargs
 

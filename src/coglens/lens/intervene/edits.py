@@ -13,6 +13,7 @@ activation of another input at the same selection is), or a list with one of tho
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -100,8 +101,9 @@ class Steer:
         object.__setattr__(self, "tokens", _tokens(self.tokens, what))
         _check_common(what, self.steps, self.io)
         object.__setattr__(self, "vector", _as_value(self.vector, what))
-        if not isinstance(self.alpha, int | float) or isinstance(self.alpha, bool) or self.alpha != self.alpha:
+        if not isinstance(self.alpha, numbers.Real) or isinstance(self.alpha, bool) or self.alpha != self.alpha:
             raise InterventionError(f"{what}: alpha must be a number, got {self.alpha!r}")
+        object.__setattr__(self, "alpha", float(self.alpha))
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "steer", "module": self.module, "tokens": str(self.tokens), "alpha": float(self.alpha),
@@ -150,7 +152,8 @@ class Knockout:
         for name in ("layers", "heads"):
             values = getattr(self, name)
             if values is not None and not (isinstance(values, Sequence) and values
-                                           and all(isinstance(v, int) and not isinstance(v, bool) for v in values)):
+                                           and all(isinstance(v, numbers.Integral) and not isinstance(v, bool)
+                                                   for v in values)):
                 raise InterventionError(f"{what}: {name} must be a list of integers (or left out: all), got "
                                         f"{values!r}")
 
@@ -168,10 +171,11 @@ def runs_at(steps: str, prefill: bool) -> bool:
     return steps == "all" or (steps == "prefill") == prefill
 
 
-def apply_edit(edit: TensorEdit, x: torch.Tensor, selected: torch.Tensor, name: str) -> tuple[torch.Tensor, int]:
-    """``x`` with ``edit`` applied at the ``selected`` positions ([rows, positions] bool over x's first two
-    axes); returns the new tensor and how many positions changed."""
-    count = int(selected.sum())
+def apply_edit(edit: TensorEdit, x: torch.Tensor, columns: Sequence[torch.Tensor], name: str) -> tuple[torch.Tensor,
+                                                                                                       int]:
+    """``x`` with ``edit`` applied at ``columns[row]`` (indices on x's second axis, in the selection's order: a
+    per-token value's rows go to them in that order); returns the new tensor and how many positions changed."""
+    count = sum(int(c.numel()) for c in columns)
     if count == 0:
         return x, 0
     if isinstance(edit, Ablate) and edit.mode == "zero":
@@ -182,8 +186,7 @@ def apply_edit(edit: TensorEdit, x: torch.Tensor, selected: torch.Tensor, name: 
         assert edit.value is not None
         value = edit.value
     out = x.clone()
-    for row in range(x.shape[0]):
-        cols = selected[row].nonzero().flatten()
+    for row, cols in enumerate(columns):
         if cols.numel() == 0:
             continue
         row_value = _row_value(value, row, x.shape[0], f"{_name(edit)} at {name}")

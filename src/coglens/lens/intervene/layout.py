@@ -47,8 +47,8 @@ class CallLayout:
         b, window = ref.shape[:2]
         device = ref.device
         mask = kwargs.get("attention_mask")
+        cache = kwargs.get("past_key_values", kwargs.get("cache"))
         if mask is None or mask.dim() != 2:
-            cache = kwargs.get("past_key_values", kwargs.get("cache"))
             past = cache.get_seq_length() if cache is not None else 0
             mask = torch.ones(b, past + window, dtype=torch.long, device=device)
         mask = mask.bool()
@@ -58,8 +58,11 @@ class CallLayout:
             given = torch.full((b, window), LANGUAGE_TOKEN_TYPE, dtype=torch.long, device=device)
         total = mask.shape[1]
         types: torch.Tensor | None
+        cached = getattr(cache, "token_types", None)  # the engine's: every column of its changing batch
         if given.shape[1] == total:  # the prefill, or transformers' generate (it extends the types every step)
             types = given.long()
+        elif cached is not None and tuple(cached.shape) == (b, total):
+            types = cached.long().to(device)
         elif past_types is not None and past_types.shape == (b, total - window):
             types = torch.cat((past_types.to(device), given[:, -window:].long()), dim=1)
         else:
@@ -75,8 +78,8 @@ class CallLayout:
         if spec.needs_token_types and self.types is None:
             raise InterventionError(
                 f"{what}: the token selection {str(spec)!r} needs the token types of earlier calls, which this "
-                "batch lost (rows joined or left between calls); run the requests together (engine.generate) or "
-                "one at a time, or intervene at the prefill only (steps: prefill)")
+                "call does not give (a decode step without the prompt's token types: a cache other than the "
+                "engine's, or rows that changed between calls); intervene at the prefill only (steps: prefill)")
         return _select(spec, self.positions, self.types)
 
     def queries(self, spec: TokenSpec, what: str) -> torch.Tensor:

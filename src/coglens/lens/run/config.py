@@ -32,7 +32,7 @@ from coglens.lens.capture.choices import CAPTURE_CHOICES, POOLING_CHOICES, STEP_
 from coglens.lens.capture.modules import ModuleEntry, ModuleMatchError, compile_pattern
 from coglens.lens.capture.paths import CapturePath, CapturePathError
 from coglens.lens.capture.select import SelectionError, TokenSpec
-from coglens.lens.run.interventions import parse_interventions
+from coglens.lens.run.interventions import check_against_captures, parse_interventions
 from coglens.lens.store.connection import without_password
 from coglens.lens.store.formats import COGLENS_FORMAT, MODEL_STORE_DTYPE, OUTPUT_FORMATS, STORE_DTYPES
 from coglens.modeling.configuration_cogvlm import VARIANTS
@@ -389,6 +389,33 @@ def _inputs(reader: _Reader, log_named_modules: bool) -> None:
         raise reader.fail("manifest", manifest, "a file ending in " + " or ".join(MANIFEST_SUFFIXES))
 
 
+def _interventions(reader: _Reader, modules: tuple[ModuleEntry, ...]) -> tuple[dict[str, Any], ...]:
+    """The checked ``interventions:`` entries, against the settings that store the clean run beside them."""
+    entries = parse_interventions(reader.get("interventions"), reader.fail)
+    if not entries:
+        return entries
+    if reader.get("output_format", COGLENS_FORMAT) != COGLENS_FORMAT:
+        raise reader.fail("output_format", reader.get("output_format"),
+                          f"{COGLENS_FORMAT} with interventions (VLM-Lens's table has no run column to tell the clean "
+                          "rows from the intervened ones)")
+    clean_run, run_name = reader.text("clean_run"), reader.text("run_name")
+    if clean_run is not None and clean_run == run_name:
+        raise reader.fail("clean_run", clean_run, "a name other than run_name (the intervened run's)")
+    capture = reader.get("capture", "output")
+    default_tokens = str(TokenSpec.parse(reader.get("tokens", "all")))
+
+    def captured(module: str, io: str) -> str | None:
+        if capture not in (io, "both"):
+            return None
+        for entry in modules:
+            if entry.path is None and (entry.pattern == module or compile_pattern(entry.pattern)(module)):
+                return str(entry.tokens) if entry.tokens is not None else default_tokens
+        return None
+
+    check_against_captures(entries, captured, reader.fail)
+    return entries
+
+
 def load_lens_config(path: str | Path | None, overrides: Mapping[str, Any] | None = None) -> LensConfig:
     """Read a lens config (VLM-Lens YAML accepted as is) and apply the given command-line `overrides`.
 
@@ -436,6 +463,7 @@ def load_lens_config(path: str | Path | None, overrides: Mapping[str, Any] | Non
         key = "pooling" if reader.get("pooling") is not None else "pooling_method"
         raise reader.fail(key, pooling, "one of: " + " | ".join(POOLING_CHOICES))
     input_dir, manifest = reader.text("input_dir"), reader.text("manifest")
+    interventions = _interventions(reader, modules)
     return LensConfig(
         model_path=model_path,
         modules=modules,
@@ -463,6 +491,6 @@ def load_lens_config(path: str | Path | None, overrides: Mapping[str, Any] | Non
         steps=reader.choice("steps", STEP_CHOICES, "prefill"),
         debug=bool(reader.boolean("debug", False)),
         log_named_modules=log_named_modules,
-        interventions=parse_interventions(reader.get("interventions"), reader.fail),
+        interventions=interventions,
         clean_run=reader.text("clean_run"),
     )

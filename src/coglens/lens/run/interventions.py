@@ -177,8 +177,32 @@ def check_targets(entries: tuple[Mapping[str, Any], ...], model: Any) -> None:
                       if e["kind"] == "knockout" else Steer(e["module"], placeholder) for e in entries])
 
 
+def needs_stored_values(entries: tuple[Mapping[str, Any], ...]) -> bool:
+    """Whether some entry reads its value from a stored run."""
+    return any(e.get("mode") in ("mean", "resample") or "mean_difference" in e or "sample" in e for e in entries)
+
+
+def check_against_captures(entries: tuple[Mapping[str, Any], ...], captured: Callable[[str, str], str | None],
+                           fail: Fail) -> None:
+    """Values read from the clean run are the module's activations at the tokens that run stores: they must be
+    the tokens the edit changes. ``captured(module, io)`` gives the token selection the config stores it at."""
+    for i, entry in enumerate(entries):
+        if not (entry.get("mode") in ("mean", "resample") or "mean_difference" in entry or "sample" in entry):
+            continue
+        if "from_run" in entry or "from_db" in entry:
+            continue  # another run: its settings are its own
+        stored = captured(entry["module"], entry["io"])
+        if stored != entry["tokens"]:
+            where = (f"stores it at tokens {stored}" if stored is not None else
+                     f"does not capture it ({entry['io']})")
+            raise fail(f"interventions[{i}]", entry["module"],
+                       f"a module whose value comes from the clean run at the edit's tokens ({entry['tokens']}), but "
+                       f"this config {where}; add a modules entry {{name: {entry['module']}, tokens: "
+                       f"{entry['tokens']}}} (capture: {entry['io']}) or give from_run")
+
+
 def build_edits(entries: tuple[Mapping[str, Any], ...], pipeline: Any, *, output: str,
-                clean_run: str) -> list[Edit]:
+                clean_run: str, template: str | None = None) -> list[Edit]:
     """The edits of a checked ``interventions:`` list, their values read from stored runs, files or the model."""
     from coglens.lens.intervene.sources import (
         capture,
@@ -219,7 +243,7 @@ def build_edits(entries: tuple[Mapping[str, Any], ...], pipeline: Any, *, output
                 source = entry["source"]
                 images = [source["image"]] if "image" in source else None
                 value = capture(pipeline, source["prompt"], module, tokens=entry["tokens"], io=entry["io"],
-                                images=images)
+                                images=images, template=template)
             else:
                 value = stored_activation(db, module, entry["sample"], run=run, io=entry["io"])
             edits.append(Patch(module, value, **where))

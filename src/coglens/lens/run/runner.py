@@ -42,7 +42,7 @@ from coglens.lens.intervene.context import Intervene
 from coglens.lens.run.batches import BatchPreparer, SampleFailure, check_media, prefetch
 from coglens.lens.run.config import LensConfig, LensConfigError
 from coglens.lens.run.inputs import LensSample, collect_samples
-from coglens.lens.run.interventions import build_edits, check_targets
+from coglens.lens.run.interventions import build_edits, check_targets, needs_stored_values
 from coglens.lens.run.progress import LensSummary, Progress
 from coglens.lens.run.ranks import ProcessGroup, Ranks, is_shared_database, shard_path
 from coglens.lens.store.connection import database_url, describe, without_password, write_failure
@@ -124,6 +124,11 @@ def run_lens(
     ranks = ranks or Ranks.from_env()
     with _sigterm_raises(), ProcessGroup(ranks) as group:
         if config.interventions:  # the same inputs without them first, so that every sample has both
+            if ranks.distributed and needs_stored_values(config.interventions) and not is_shared_database(
+                    config.output):
+                raise LensConfigError("interventions that read the clean run (mean, resample, mean_difference, "
+                                      "sample) need one database every rank reads: under torchrun use a "
+                                      "PostgreSQL output, or run without torchrun")
             clean_run = config.clean_run or f"{config.run_name or default_run_name}.clean"
             pipeline = pipeline or load_pipeline(config, ranks)
             check_targets(config.interventions, pipeline.model)
@@ -197,6 +202,9 @@ class _LensRun:
         self._explain_forward(capturer)
         settings = self._settings(pipe)
         mine = self.ranks.share(samples)
+        # values read from the clean run or computed now: before this run is opened, so a bad one leaves nothing
+        edits = build_edits(config.interventions, pipe, output=config.output, clean_run=config.clean_run or "",
+                            template=config.model.template_version)
         writer = open_writer(target, config.output_format)
         try:
             try:
@@ -205,7 +213,6 @@ class _LensRun:
             except SQLAlchemyError as error:  # locked for too long, disk full, connection lost
                 raise write_failure(writer.name, error) from None
             todo = [sample for sample in mine if sample.key not in done]
-            edits = build_edits(config.interventions, pipe, output=config.output, clean_run=config.clean_run or "")
             with Intervene(model, edits) as intervened:
                 outcome = self._extract_marking_status(writer, run_id, todo, processor, capturer, len(mine))
             if edits:
