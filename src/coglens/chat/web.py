@@ -9,6 +9,8 @@ in the same batch.
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -95,11 +97,22 @@ class ChatHandlers:
         yield session, [*shown, {"role": "assistant", "content": answer}], "", boxed
 
 
+def _headless_matplotlib() -> None:
+    """Gradio switches matplotlib's backend to agg and back around every event it processes; left on "auto" (no
+    backend chosen), matplotlib re-resolves it each time (half a second), and a streamed answer crawls. The demo
+    draws nothing interactive: settle on agg once, when matplotlib is installed and nothing chose a backend."""
+    os.environ.setdefault("MPLBACKEND", "agg")
+    matplotlib = sys.modules.get("matplotlib")
+    if matplotlib is not None and matplotlib.rcParams._get("backend") is matplotlib.rcsetup._auto_backend_sentinel:
+        matplotlib.use("agg")
+
+
 def build_demo(pipe: Any, scheduler: Scheduler, *, concurrency: int | None = None) -> gr.Blocks:
     """The Gradio app; ``concurrency`` answers run at once (default: the engine's batch size).
 
     ``scheduler`` must be started (and stopped after) by the caller, as :func:`launch` does.
     """
+    _headless_matplotlib()
     handlers = ChatHandlers(pipe, scheduler)
     config = pipe.config
     is_video = config.is_video
