@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 # An "inferno"-like ramp (dark purple -> red -> yellow): dark where little attention goes, bright where much.
 _RAMP_STOPS = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
@@ -27,3 +27,23 @@ def attention_overlay(image: Image.Image, grid: np.ndarray, *, alpha: float = 0.
     scaled = (grid / peak if peak > 0 else np.zeros_like(grid)).astype(np.float32)
     heat = np.asarray(Image.fromarray(scaled).resize(image.size, Image.Resampling.BILINEAR))
     return Image.blend(image.convert("RGB"), Image.fromarray(colormap(heat)), alpha)
+
+
+def draw_grid(draw: ImageDraw.ImageDraw, values: np.ndarray, texts: list[list[str]], row_names: list[str], *,
+              origin: tuple[int, int], cell: tuple[int, int], font: ImageFont.ImageFont | ImageFont.FreeTypeFont,
+              ) -> None:
+    """A rows x columns grid of cells coloured by ``values`` (in [0, 1]) and labelled with ``texts``; the first
+    row at the bottom (as layers stack), ``row_names`` to the left of ``origin``."""
+    left, top = origin
+    width, height = cell
+    colours = colormap(values)
+    rows, cols = values.shape
+    for row in range(rows):
+        y = top + (rows - 1 - row) * height
+        draw.text((4, y + 6), row_names[row], fill="black", font=font)
+        for col in range(cols):
+            x = left + col * width
+            colour = tuple(int(c) for c in colours[row, col])
+            draw.rectangle((x, y, x + width - 1, y + height - 1), fill=colour)
+            ink = "black" if float(np.mean(colour)) > 110 else "white"  # readable on dark and bright cells
+            draw.text((x + 3, y + 6), texts[row][col], fill=ink, font=font)

@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw, ImageFont
 from coglens.lens.capture.select import SelectionError, TokenSpec, token_positions
 from coglens.modeling.routing import VISION_TOKEN_TYPE
 
-from .heatmap import colormap
+from .heatmap import draw_grid
 
 IMAGE_TOKEN = "<image>"
 MAX_DRAWN_POSITIONS = 64
@@ -136,16 +136,9 @@ def render(lens: LogitLens, *, cell: tuple[int, int] = (96, 26)) -> Image.Image:
     picture = Image.new("RGB", (margin_left + n_positions * width, margin_top + n_layers * height + margin_bottom),
                         "white")
     draw = ImageDraw.Draw(picture)
-    colours = colormap(np.nan_to_num(lens.target_probs.numpy(), nan=0.0))
-    for row in range(n_layers):
-        y = margin_top + (n_layers - 1 - row) * height
-        draw.text((4, y + 6), f"layer {lens.layers[row]}", fill="black", font=font)
-        for col in range(n_positions):
-            x = margin_left + col * width
-            colour = tuple(int(c) for c in colours[row, col])
-            draw.rectangle((x, y, x + width - 1, y + height - 1), fill=colour)
-            ink = "black" if float(np.mean(colour)) > 110 else "white"
-            draw.text((x + 3, y + 6), _short(lens.top_tokens[row][col][0]), fill=ink, font=font)
+    texts = [[_short(lens.top_tokens[row][col][0]) for col in range(n_positions)] for row in range(n_layers)]
+    draw_grid(draw, np.nan_to_num(lens.target_probs.numpy(), nan=0.0), texts,
+              [f"layer {name}" for name in lens.layers], origin=(margin_left, margin_top), cell=cell, font=font)
     for col in range(n_positions):
         x = margin_left + col * width + 3
         draw.text((x, 6), "-> " + _short(lens.targets[col]), fill="black", font=font)

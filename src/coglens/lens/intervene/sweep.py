@@ -18,7 +18,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from coglens.lens.capture.trace import Trace
-from coglens.lens.interpret.heatmap import colormap
+from coglens.lens.interpret.heatmap import draw_grid
 from coglens.modeling.routing import VISION_TOKEN_TYPE
 
 from .context import Intervene
@@ -103,16 +103,9 @@ def render_sweep(sweep: PatchingSweep, *, cell: tuple[int, int] = (70, 26)) -> I
     draw = ImageDraw.Draw(picture)
     draw.text((4, 6), f"recovery of {sweep.clean_token!r} over {sweep.corrupted_token!r} (1 = clean answer back)",
               fill="black", font=font)
-    colours = colormap(np.clip(sweep.recovery, 0.0, 1.0))
-    for row in range(rows):
-        y = top + (rows - 1 - row) * height
-        draw.text((4, y + 6), f"layer {sweep.layers[row]}", fill="black", font=font)
-        for col in range(cols):
-            x = left + col * width
-            colour = tuple(int(c) for c in colours[row, col])
-            draw.rectangle((x, y, x + width - 1, y + height - 1), fill=colour)
-            ink = "black" if float(np.mean(colour)) > 110 else "white"
-            draw.text((x + 4, y + 6), f"{sweep.recovery[row, col]:.2f}", fill=ink, font=font)
+    texts = [[f"{value:.2f}" for value in row] for row in sweep.recovery]
+    draw_grid(draw, np.clip(sweep.recovery, 0.0, 1.0), texts, [f"layer {layer}" for layer in sweep.layers],
+              origin=(left, top), cell=cell, font=font)
     for col, label in enumerate(sweep.columns):
         shown = label.replace("\n", "\\n")
         draw.text((left + col * width + 4, top + rows * height + 6), shown if len(shown) <= 9 else shown[:8] + "…",
