@@ -229,18 +229,18 @@ def _main_tensor(value: Any) -> tuple[torch.Tensor | None, Callable[[torch.Tenso
 
 
 def _layers(edit: Knockout, count: int) -> set[int]:
-    if edit.layers is None:
-        return set(range(count))
-    bad = [i for i in edit.layers if not 0 <= i < count]
-    if bad:
-        raise InterventionError(f"knockout: layers {bad} do not exist; this model has decoder layers 0..{count - 1}")
-    return set(edit.layers)
+    return set(_indices(edit.layers, count, "layers", "this model has decoder layers"))
 
 
 def _heads(edit: Knockout, count: int) -> list[int]:
-    if edit.heads is None:
+    return _indices(edit.heads, count, "heads", "these layers have heads")
+
+
+def _indices(chosen: Sequence[int] | None, count: int, what: str, has: str) -> list[int]:
+    """``chosen`` (None: all ``count``), each checked to exist."""
+    if chosen is None:
         return list(range(count))
-    bad = [h for h in edit.heads if not 0 <= h < count]
+    bad = [i for i in chosen if not 0 <= i < count]
     if bad:
-        raise InterventionError(f"knockout: heads {bad} do not exist; these layers have heads 0..{count - 1}")
-    return list(edit.heads)
+        raise InterventionError(f"knockout: {what} {bad} do not exist; {has} 0..{count - 1}")
+    return [int(i) for i in chosen]
