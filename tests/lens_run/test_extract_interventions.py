@@ -124,3 +124,16 @@ def test_interventions_that_the_clean_run_cannot_support_are_refused(tmp_path, c
 def test_vlm_lens_pooling_method_none_means_no_pooling(tmp_path):
     config = load_lens_config(None, {**_config(tmp_path, []), "pooling_method": "None"})
     assert config.pooling == "none"
+
+
+def test_effects_of_activations_whose_shapes_differ(tiny_pipeline, tmp_path):
+    """Whole prompts of different lengths: read as lists, sample by sample."""
+    config = _config(tmp_path, [{"ablate": "model.layers.0", "tokens": "image"}])
+    config["modules"] = [{"name": "model.layers.1", "tokens": "all"}]
+    manifest = tmp_path / "samples.jsonl"
+    manifest.write_text("".join(json.dumps({"id": f"q{i}", "image": str(IMAGES / "red_circle.png"),
+                                            "prompt": "Hi " * (i + 1)}) + "\n" for i in range(2)))
+    run_lens(load_lens_config(None, config), pipeline=tiny_pipeline, show_progress=False, default_run_name="r")
+    clean, intervened, meta = effects(tmp_path / "runs.db", "model.layers.1", stack=False)
+    assert list(meta["sample_key"]) == ["q0", "q1"] and clean[0].shape != clean[1].shape
+    assert [c.shape for c in clean] == [i.shape for i in intervened]
