@@ -48,7 +48,7 @@ def load_checkpoint(folder: Path, peft_model: Any, optimizer: torch.optim.Optimi
 
     weights = load_file(folder / "adapter_model.safetensors", device=str(_device(peft_model)))
     set_peft_model_state_dict(peft_model, weights)
-    state = torch.load(folder / STATE_FILE, weights_only=False)
+    state = torch.load(folder / STATE_FILE, weights_only=True)  # tensors and plain values: no code unpickled
     optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["torch_rng"])
     step = int(state["step"])
