@@ -103,7 +103,8 @@ def _headless_matplotlib() -> None:
     draws nothing interactive: settle on agg once, when matplotlib is installed and nothing chose a backend."""
     os.environ.setdefault("MPLBACKEND", "agg")
     matplotlib = sys.modules.get("matplotlib")
-    if matplotlib is not None and matplotlib.rcParams._get("backend") is matplotlib.rcsetup._auto_backend_sentinel:
+    auto = getattr(getattr(matplotlib, "rcsetup", None), "_auto_backend_sentinel", None)
+    if matplotlib is not None and auto is not None and matplotlib.rcParams._get("backend") is auto:
         matplotlib.use("agg")
 
 

@@ -106,8 +106,6 @@ def serve(
     from ..serve.service import check_adapter_names
     from ..serve.settings import ServeSettings
 
-    known = [*(served_model_name or [model or DEFAULT_TINY_MODEL]), Path(model or DEFAULT_TINY_MODEL).name]
-    check_adapter_names(known, adapters)  # before the model loads; its folder's names are checked after
     settings = ServeSettings(
         model=model or DEFAULT_TINY_MODEL, tokenizer=tokenizer, dtype=dtype, device=device, quantize=quantize,
         quantize_vision=quantize_vision,
@@ -116,6 +114,7 @@ def serve(
         api_key=api_key, cors_origins=tuple(cors_origin or ()), allow_local_media=allow_local_media,
         allow_remote_media=allow_remote_media, limits=limits,
     )
+    check_adapter_names(model_names(settings), adapters)  # before the model loads; its own names after
     configure_logging(log_level)
     # Loading here (not in the lifespan) turns a bad --model into one clear error line instead of a traceback.
     pipeline = Pipeline.load(settings.model, tokenizer=tokenizer, dtype=dtype, device=device,

@@ -71,7 +71,7 @@ class AdapterBank:
         peft_model: Any = None
         for name, folder in folders.items():
             peft_model = _load_checked(peft_model or model, folder, name)
-        self.peft_model = peft_model.eval()
+        peft_model.eval()  # the LoRA layers live in ``model`` now; peft's wrapper is not needed beyond loading
         self.model = model
         self.folders = folders
         self._layers = [m for m in model.modules() if isinstance(m, LoraLayer)]

@@ -100,14 +100,16 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         scheduler.stop()
 
 
-def model_names(settings: ServeSettings, pipeline: Pipeline) -> list[str]:
+def model_names(settings: ServeSettings, pipeline: Pipeline | None = None) -> list[str]:
     """Names clients may send as ``model`` (and in Triton paths): ``--served-model-name`` values first (else
     ``--model`` as given, like vLLM), then the checkpoint folder's name and the model type
-    (``cogvlm2_llama3_video``, as the MindIE guides send it)."""
-    names = [*(settings.served_model_names or [settings.model]), pipeline.model_path.name,
-             MODEL_TYPES[pipeline.config.variant]]
+    (``cogvlm2_llama3_video``, as the MindIE guides send it). Without ``pipeline``: the names known before the
+    model loads."""
+    names = list(settings.served_model_names or [settings.model])
     if not settings.model.startswith(TINY_PREFIX):
-        names.insert(1, Path(settings.model).name)
+        names.append(Path(settings.model).name)
+    if pipeline is not None:
+        names += [pipeline.model_path.name, MODEL_TYPES[pipeline.config.variant]]
     return list(dict.fromkeys(names))
 
 

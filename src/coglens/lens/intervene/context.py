@@ -11,6 +11,7 @@ was left-padded in a batch or run alone, at the prefill and at every decode step
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -101,10 +102,9 @@ class Intervene:
         inputs = dict(kwargs)
         if args:
             inputs.setdefault("input_ids", args[0])
-        layout = CallLayout.of_call(inputs, 0, self._past_types)
-        prefill = layout.window == layout.positions.shape[1]
-        self._step = 0 if prefill else self._step + 1
-        self._layout = CallLayout(self._step, layout.positions, layout.types, layout.window)
+        layout = CallLayout.of_call(inputs, self._past_types)
+        self._step = 0 if layout.prefill else self._step + 1
+        self._layout = dataclasses.replace(layout, step=self._step)
 
     def _end_call(self, module: nn.Module, args: tuple, output: Any) -> None:
         """A module run on its own after this (not through the model) must not see this call's layout; the

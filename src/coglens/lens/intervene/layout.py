@@ -36,9 +36,10 @@ class CallLayout:
     window: int  # L: the last L key columns are this call's tokens
 
     @classmethod
-    def of_call(cls, kwargs: dict[str, Any], step: int, past_types: torch.Tensor | None) -> CallLayout:
-        """From the model's forward arguments. ``past_types``: the key types of the previous call of the same
-        batch (so that a decode step knows where the image tokens of the prompt were), if known."""
+    def of_call(cls, kwargs: dict[str, Any], past_types: torch.Tensor | None) -> CallLayout:
+        """From the model's forward arguments (``step`` 0: the caller, which sees the calls go by, counts them).
+        ``past_types``: the key types of the previous call of the same batch (so that a decode step knows where
+        the image tokens of the prompt were), if known."""
         ref = kwargs.get("input_ids")
         if ref is None:
             ref = kwargs.get("inputs_embeds")
@@ -67,7 +68,12 @@ class CallLayout:
             types = torch.cat((past_types.to(device), given[:, -window:].long()), dim=1)
         else:
             types = None
-        return cls(step, positions, types, window)
+        return cls(0, positions, types, window)
+
+    @property
+    def prefill(self) -> bool:
+        """No cached columns: the whole sequence is fed now."""
+        return self.window == self.positions.shape[1]
 
     @property
     def batch_size(self) -> int:

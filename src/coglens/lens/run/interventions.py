@@ -177,9 +177,13 @@ def check_targets(entries: tuple[Mapping[str, Any], ...], model: Any) -> None:
                       if e["kind"] == "knockout" else Steer(e["module"], placeholder) for e in entries])
 
 
+def reads_stored(entry: Mapping[str, Any]) -> bool:
+    """Whether the entry's value comes from a stored run."""
+    return entry.get("mode") in ("mean", "resample") or "mean_difference" in entry or "sample" in entry
+
+
 def needs_stored_values(entries: tuple[Mapping[str, Any], ...]) -> bool:
-    """Whether some entry reads its value from a stored run."""
-    return any(e.get("mode") in ("mean", "resample") or "mean_difference" in e or "sample" in e for e in entries)
+    return any(reads_stored(entry) for entry in entries)
 
 
 def check_against_captures(entries: tuple[Mapping[str, Any], ...], captured: Callable[[str, str], str | None],
@@ -187,10 +191,8 @@ def check_against_captures(entries: tuple[Mapping[str, Any], ...], captured: Cal
     """Values read from the clean run are the module's activations at the tokens that run stores: they must be
     the tokens the edit changes. ``captured(module, io)`` gives the token selection the config stores it at."""
     for i, entry in enumerate(entries):
-        if not (entry.get("mode") in ("mean", "resample") or "mean_difference" in entry or "sample" in entry):
-            continue
-        if "from_run" in entry or "from_db" in entry:
-            continue  # another run: its settings are its own
+        if not reads_stored(entry) or "from_run" in entry or "from_db" in entry:
+            continue  # nothing stored, or another run: its settings are its own
         stored = captured(entry["module"], entry["io"])
         if stored != entry["tokens"]:
             where = (f"stores it at tokens {stored}" if stored is not None else
