@@ -20,6 +20,7 @@ COGVLM2_VIDEO = "cogvlm2_video"  # CogVLM2 without vision experts, taking video 
 VARIANTS = (COGVLM, COGVLM2, COGVLM2_VIDEO)
 MODEL_TYPES = {COGVLM: "cogvlm", COGVLM2: "cogvlm2", COGVLM2_VIDEO: "cogvlm2_llama3_video"}
 ROPE_THETA = {COGVLM: 10000.0, COGVLM2: 500000.0, COGVLM2_VIDEO: 500000.0}
+COGVLM2_IMAGE_SIZE, COGVLM2_VIDEO_IMAGE_SIZE = 1344, 224  # the released checkpoints' vision_config.image_size
 LLAMA3_IMAGE_TOKEN_ID = 128002  # CogVLM2 hard-codes Llama-3's reserved id 128002 as the image placeholder
 # Sizes a config.json must give as positive integers (a string or 12.5 would fail deep inside transformers)
 _POSITIVE_INTS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
@@ -220,6 +221,8 @@ class Cogvlm2Config(CogvlmConfig):
     variant_default = COGVLM2
 
     def __init__(self, **kwargs: Any) -> None:  # an own __init__ keeps transformers from generating one
+        if kwargs.get("vision_config") is None:  # a default that builds: the released size has an even grid
+            kwargs["vision_config"] = {"image_size": COGVLM2_IMAGE_SIZE}
         super().__init__(**kwargs)
 
 
@@ -228,6 +231,8 @@ class Cogvlm2VideoConfig(CogvlmConfig):
     variant_default = COGVLM2_VIDEO
 
     def __init__(self, **kwargs: Any) -> None:
+        if kwargs.get("vision_config") is None:
+            kwargs["vision_config"] = {"image_size": COGVLM2_VIDEO_IMAGE_SIZE}
         super().__init__(**kwargs)
 
 

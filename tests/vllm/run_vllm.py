@@ -1,0 +1,53 @@
+"""Runs in the vLLM environment as a subprocess (vLLM spawns workers: scripts need the __main__ guard).
+
+``python run_vllm.py CHECKPOINT`` prints one JSON line: for every case of ``cases.py``, the greedy tokens of
+``LLM.generate`` (all cases in one batch) and of ``LLM.chat`` (the chat cases through the plugin's template).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from cases import HISTORY, MAX_TOKENS, QUERY, cases, clip, image  # noqa: E402
+
+
+def main(checkpoint: str, video: bool) -> None:
+    from vllm import LLM, SamplingParams
+
+    from coglens.processing.template import render_prompt
+    from coglens.vllm_plugin import chat_template_path
+
+    llm = LLM(checkpoint, dtype="float32", max_model_len=1024, seed=0)
+    greedy = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
+    prompts = []
+    for case in cases(video):
+        history = HISTORY if case.get("history") else None
+        prompt: dict = {"prompt": render_prompt(case["template"], QUERY, history)}
+        if "image" in case:
+            prompt["multi_modal_data"] = {"image": image(case["image"])}
+        if "video" in case:
+            prompt["multi_modal_data"] = {"video": clip(seed=case["video"])}
+            prompt["mm_processor_kwargs"] = {"template_version": case["template"]}
+        prompts.append(prompt)
+    generated = llm.generate(prompts, greedy)
+    out = {case["name"]: list(result.outputs[0].token_ids) for case, result in zip(cases(video), generated)}
+    out["prompt_ids"] = {case["name"]: list(result.prompt_token_ids) for case, result in zip(cases(video), generated)}
+    if not video:  # the chat path: OpenAI-style messages rendered by the plugin's template
+        template = chat_template_path().read_text()
+        url = {"type": "image_pil", "image_pil": image(3)}
+        messages = [
+            {"role": "user", "content": HISTORY[0][0]},
+            {"role": "assistant", "content": HISTORY[0][1]},
+            {"role": "user", "content": [url, {"type": "text", "text": QUERY}]},
+        ]
+        chats = llm.chat([messages, [{"role": "user", "content": QUERY}]], greedy, chat_template=template)
+        out["chat-image-history"] = list(chats[0].outputs[0].token_ids)
+        out["chat-text"] = list(chats[1].outputs[0].token_ids)
+    print("RESULT " + json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2] == "video")

