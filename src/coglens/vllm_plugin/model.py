@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from vllm.config import VllmConfig
+from vllm.config import CUDAGraphMode, VllmConfig
 from vllm.distributed import get_tensor_model_parallel_world_size
 from vllm.model_executor.layers.attention import Attention
 from vllm.model_executor.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
@@ -132,7 +132,8 @@ class CogvlmModel(nn.Module):
 
     def __init__(self, config: CogvlmConfig, vllm_config: VllmConfig, prefix: str) -> None:
         super().__init__()
-        self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size, prefix=f"{prefix}.embed_tokens")
+        self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size,
+                                                   prefix=f"{prefix}.embed_tokens")
         config.vision_config._attn_implementation = "sdpa"
         self.vision = EVA2CLIPModel(config)
         self.layers = nn.ModuleList(
@@ -152,6 +153,10 @@ class CogvlmForVllm(nn.Module, SupportsMultiModal, SupportsMRoPE):
 
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
         super().__init__()
+        if vllm_config.compilation_config.cudagraph_mode != CUDAGraphMode.NONE:
+            # which expert a token takes is decided per step from the data, which a captured graph cannot replay
+            raise ValueError("CogVLM models run without CUDA graphs in vLLM: start it with --enforce-eager "
+                             "(LLM(..., enforce_eager=True))")
         config = vllm_config.model_config.hf_config
         self.config = config
         self.model = CogvlmModel(config, vllm_config, "model")

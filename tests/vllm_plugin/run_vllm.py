@@ -15,10 +15,9 @@ from cases import HISTORY, MAX_TOKENS, QUERY, cases, clip, image  # noqa: E402
 
 
 def main(checkpoint: str, video: bool) -> None:
-    from vllm import LLM, SamplingParams
-
     from coglens.processing.template import render_prompt
     from coglens.vllm_plugin import chat_template_path
+    from vllm import LLM, SamplingParams
 
     llm = LLM(checkpoint, dtype="float32", max_model_len=1024, seed=0)
     greedy = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
@@ -33,8 +32,9 @@ def main(checkpoint: str, video: bool) -> None:
             prompt["mm_processor_kwargs"] = {"template_version": case["template"]}
         prompts.append(prompt)
     generated = llm.generate(prompts, greedy)
-    out = {case["name"]: list(result.outputs[0].token_ids) for case, result in zip(cases(video), generated)}
-    out["prompt_ids"] = {case["name"]: list(result.prompt_token_ids) for case, result in zip(cases(video), generated)}
+    named = list(zip([case["name"] for case in cases(video)], generated, strict=True))
+    out: dict = {name: list(result.outputs[0].token_ids) for name, result in named}
+    out["prompt_ids"] = {name: list(result.prompt_token_ids) for name, result in named}
     if not video:  # the chat path: OpenAI-style messages rendered by the plugin's template
         template = chat_template_path().read_text()
         url = {"type": "image_pil", "image_pil": image(3)}
@@ -46,6 +46,12 @@ def main(checkpoint: str, video: bool) -> None:
         chats = llm.chat([messages, [{"role": "user", "content": QUERY}]], greedy, chat_template=template)
         out["chat-image-history"] = list(chats[0].outputs[0].token_ids)
         out["chat-text"] = list(chats[1].outputs[0].token_ids)
+    try:  # CogVLM takes one image (or clip) per conversation: a second one is refused before it runs
+        media = {"video": [clip(), clip()]} if video else {"image": [image(0), image(1)]}
+        llm.generate({"prompt": QUERY, "multi_modal_data": media}, greedy)
+        out["two-media-error"] = None
+    except ValueError as exc:
+        out["two-media-error"] = str(exc)
     print("RESULT " + json.dumps(out), flush=True)
 
 

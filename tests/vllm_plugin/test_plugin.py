@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -27,13 +28,30 @@ VARIANTS = ["cogvlm", "cogvlm2", "cogvlm2-video"]
 
 
 def vllm_env() -> dict[str, str]:
-    return {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_LOGGING_LEVEL": "WARNING", "TOKENIZERS_PARALLELISM": "false"}
+    return {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_LOGGING_LEVEL": "WARNING",
+            "TOKENIZERS_PARALLELISM": "false"}
+
+
+def thudm_layout(variant: str, folder: Path) -> Path:
+    """The tiny checkpoint with THUDM's config.json shape: no ``model_type``, only the architecture and auto_map."""
+    shutil.copytree(tiny_model_path(variant), folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.pop("model_type")
+    config["auto_map"] = {"AutoConfig": "configuration_cogvlm.CogVLMConfig",
+                          "AutoModelForCausalLM": "modeling_cogvlm.CogVLMForCausalLM"}
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
 
 
 @pytest.fixture(scope="module", params=VARIANTS)
-def answers(request: pytest.FixtureRequest) -> tuple[str, dict]:
+def answers(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict]:
+    """vLLM's tokens for every case. CogVLM-1 and CogVLM2-Video load from THUDM's config shape (the variant is
+    inferred from the fields, as for the released files), CogVLM2 from the one CogLens writes (with model_type)."""
     variant = request.param
-    path = tiny_model_path(variant)
+    if variant == "cogvlm2":
+        path = tiny_model_path(variant)
+    else:
+        path = thudm_layout(variant, tmp_path_factory.mktemp("thudm") / variant)
     run = subprocess.run([sys.executable, str(RUNNER), str(path), "video" if "video" in variant else "image"],
                          capture_output=True, text=True, timeout=900, env=vllm_env())
     lines = [line for line in run.stdout.splitlines() if line.startswith("RESULT ")]
@@ -42,8 +60,16 @@ def answers(request: pytest.FixtureRequest) -> tuple[str, dict]:
 
 
 @pytest.fixture(scope="module")
-def pipelines() -> dict[str, Pipeline]:
-    return {}
+def pipelines():
+    """CogLens's pipeline per variant, loaded once (float32, as vLLM runs)."""
+    loaded: dict[str, Pipeline] = {}
+
+    def get(variant: str) -> Pipeline:
+        if variant not in loaded:
+            loaded[variant] = Pipeline.load(f"tiny:{variant}", dtype="float32")
+        return loaded[variant]
+
+    return get
 
 
 def coglens_tokens(pipe: Pipeline, case: dict) -> tuple[list[int], list[int]]:
@@ -59,23 +85,29 @@ def coglens_tokens(pipe: Pipeline, case: dict) -> tuple[list[int], list[int]]:
     return request.input_ids.tolist(), result.token_ids
 
 
-def test_greedy_tokens_equal_coglens_engine(answers: tuple[str, dict], pipelines: dict[str, Pipeline]) -> None:
+def test_greedy_tokens_equal_coglens_engine(answers: tuple[str, dict], pipelines) -> None:
     """Every case (text, image with each template, video, history) answered in one vLLM batch."""
     variant, got = answers
-    pipe = pipelines.setdefault(variant, Pipeline.load(f"tiny:{variant}", dtype="float32"))
+    pipe = pipelines(variant)
     for case in cases("video" in variant):
         prompt_ids, expected = coglens_tokens(pipe, case)
         assert got["prompt_ids"][case["name"]] == prompt_ids, f"{variant} {case['name']}: prompt layout differs"
         assert got[case["name"]] == expected, f"{variant} {case['name']}: vLLM {got[case['name']]} != {expected}"
 
 
-def test_chat_template_matches_coglens_history(answers: tuple[str, dict], pipelines: dict[str, Pipeline]) -> None:
+def test_chat_template_matches_coglens_history(answers: tuple[str, dict], pipelines) -> None:
     """OpenAI-style messages through the plugin's chat template give the same tokens as CogLens's history."""
     variant, got = answers
     if "video" in variant:
         pytest.skip("the video model's chat path is the same template; its clips are covered above")
-    pipe = pipelines.setdefault(variant, Pipeline.load(f"tiny:{variant}", dtype="float32"))
+    pipe = pipelines(variant)
     _, with_history = coglens_tokens(pipe, {"template": "chat", "image": 3, "history": True})
     _, text_only = coglens_tokens(pipe, {"template": "chat"})
     assert got["chat-image-history"] == with_history
     assert got["chat-text"] == text_only
+
+
+def test_a_second_image_or_clip_is_refused_clearly(answers: tuple[str, dict]) -> None:
+    variant, got = answers
+    assert got["two-media-error"] is not None, f"{variant}: two images/clips in one prompt were accepted"
+    assert "at most 1" in got["two-media-error"], got["two-media-error"]
