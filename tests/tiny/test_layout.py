@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -45,22 +46,24 @@ def test_spec_for_fixture_dims_matches_fixture_keys_and_shapes(variant):
     folder = parity_folder(variant)
     config = json.loads((folder / "config.json").read_text())
     lm, vision = _dims_of(config)
-    spec = checkpoint_spec(get_tiny_variant(variant), config["vocab_size"], lm, vision)
+    as_fixture = dataclasses.replace(get_tiny_variant(variant), num_kv_heads=config.get("num_multi_query_heads"))
+    spec = checkpoint_spec(as_fixture, config["vocab_size"], lm, vision)
     assert {s.name: s.shape for s in spec} == _shapes(folder / "model.safetensors")
 
 
 @pytest.mark.parametrize("variant", TINY_VARIANTS)
-def test_written_checkpoint_has_the_fixture_keys_at_the_tiny_sizes(variant, tiny_dirs):
-    """The fixture's key set; shapes as the spec gives them for the tiny sizes (the spec is checked against the
-    fixture's own shapes above). The tiny LM is wider than the fixture's: head size 32, which vLLM's CPU
-    attention takes."""
-    config = json.loads((tiny_dirs[variant] / "config.json").read_text())
-    spec = checkpoint_spec(get_tiny_variant(variant), config["vocab_size"], *_dims_of(config))
+def test_written_checkpoint_matches_fixture_but_for_vocab_rows(variant, tiny_dirs):
+    """Same keys and shapes as the fixture but for the rotary tables: its four heads of 16 are two heads of 32 here
+    (and CogVLM2's two KV heads of 16 one of 32), as vLLM's CPU attention takes head size 32 at least."""
+    expected = _shapes(parity_folder(variant) / "model.safetensors")
+    vocab = json.loads((tiny_dirs[variant] / "config.json").read_text())["vocab_size"]
+    for key in ("model.embed_tokens.weight", "lm_head.weight"):
+        expected[key] = (vocab, expected[key][1])
+    for key in [k for k in expected if k.endswith("rotary_emb.inv_freq")]:
+        expected[key] = (LanguageDims().head_dim // 2,)  # one angle per pair of a head's dimensions
     tensors = _written_tensors(tiny_dirs[variant])
-    assert set(tensors) == set(_shapes(parity_folder(variant) / "model.safetensors"))
-    assert {k: tuple(t.shape) for k, t in tensors.items()} == {s.name: s.shape for s in spec}
+    assert {k: tuple(t.shape) for k, t in tensors.items()} == expected
     assert {t.dtype for t in tensors.values()} == {torch.float32}
-    assert config["hidden_size"] // config["num_attention_heads"] == 32
 
 
 def _rotary_rule(head_dim: int, base: float) -> torch.Tensor:
@@ -142,11 +145,11 @@ def test_config_json_follows_thudm_fields(variant, tiny_dirs):
     assert set(ours) == set(reference) - {"auto_map", "transformers_version"} | {"model_type"}
     assert ours["architectures"] == reference["architectures"]
     assert ours["vision_config"] == reference["vision_config"]
-    for key in ("num_hidden_layers", "num_attention_heads", "rms_norm_eps"):
+    for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "rms_norm_eps"):
         assert ours[key] == reference[key], key
-    assert (ours["hidden_size"], ours["intermediate_size"]) == (LanguageDims().hidden_size,
-                                                                LanguageDims().intermediate_size)
-    assert ours.get("num_multi_query_heads") == reference.get("num_multi_query_heads")
+    assert ours["num_attention_heads"] == reference["num_attention_heads"] // 2  # heads of 32, not 16
+    half = None if reference.get("num_multi_query_heads") is None else reference["num_multi_query_heads"] // 2
+    assert ours.get("num_multi_query_heads") == half
     assert ours["max_position_embeddings"] == 2048
     assert ours["template_version"] == "chat"
 

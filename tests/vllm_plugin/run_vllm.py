@@ -1,7 +1,8 @@
 """Runs in the vLLM environment as a subprocess (vLLM spawns workers: scripts need the __main__ guard).
 
-``python run_vllm.py CHECKPOINT`` prints one JSON line: for every case of ``cases.py``, the greedy tokens of
-``LLM.generate`` (all cases in one batch) and of ``LLM.chat`` (the chat cases through the plugin's template).
+``python run_vllm.py CHECKPOINT image|video|tp2`` prints one JSON line: for every case of ``cases.py``, the greedy
+tokens of ``LLM.generate`` (all cases in one batch) and of ``LLM.chat`` (the chat cases through the plugin's
+template). ``tp2``: the first two image cases only, with the model sharded over two tensor-parallel ranks.
 """
 
 from __future__ import annotations
@@ -14,17 +15,21 @@ sys.path.insert(0, str(Path(__file__).parent))
 from cases import HISTORY, MAX_TOKENS, QUERY, cases, clip, image  # noqa: E402
 
 
-def main(checkpoint: str, video: bool) -> None:
+def main(checkpoint: str, mode: str) -> None:
     from vllm import LLM, SamplingParams
 
     from coglens.processing.template import render_prompt
     from coglens.vllm_plugin import chat_template_path
 
-    # one process (no engine-core or worker processes): each vLLM process start costs CI ~20 s of imports
-    llm = LLM(checkpoint, dtype="float32", max_model_len=1024, seed=0, distributed_executor_backend="uni")
+    video, sharded = mode == "video", mode == "tp2"
+    if sharded:  # two worker processes, one rank each
+        llm = LLM(checkpoint, dtype="float32", max_model_len=1024, seed=0, tensor_parallel_size=2)
+    else:  # one process (no engine-core or worker processes): each vLLM process start costs CI ~20 s of imports
+        llm = LLM(checkpoint, dtype="float32", max_model_len=1024, seed=0, distributed_executor_backend="uni")
     greedy = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
+    chosen = cases(video)[:2] if sharded else cases(video)
     prompts = []
-    for case in cases(video):
+    for case in chosen:
         history = HISTORY if case.get("history") else None
         prompt: dict = {"prompt": render_prompt(case["template"], QUERY, history)}
         if "image" in case:
@@ -34,10 +39,10 @@ def main(checkpoint: str, video: bool) -> None:
             prompt["mm_processor_kwargs"] = {"template_version": case["template"]}
         prompts.append(prompt)
     generated = llm.generate(prompts, greedy)
-    named = list(zip([case["name"] for case in cases(video)], generated, strict=True))
+    named = list(zip([case["name"] for case in chosen], generated, strict=True))
     out: dict = {name: list(result.outputs[0].token_ids) for name, result in named}
     out["prompt_ids"] = {name: list(result.prompt_token_ids) for name, result in named}
-    if not video:  # the chat path: OpenAI-style messages rendered by the plugin's template
+    if mode == "image":  # the chat path: OpenAI-style messages rendered by the plugin's template
         template = chat_template_path().read_text()
         url = {"type": "image_pil", "image_pil": image(3)}
         messages = [
@@ -48,6 +53,9 @@ def main(checkpoint: str, video: bool) -> None:
         chats = llm.chat([messages, [{"role": "user", "content": QUERY}]], greedy, chat_template=template)
         out["chat-image-history"] = list(chats[0].outputs[0].token_ids)
         out["chat-text"] = list(chats[1].outputs[0].token_ids)
+    if sharded:
+        print("RESULT " + json.dumps(out), flush=True)
+        return
     try:  # CogVLM takes one image (or clip) per conversation: a second one is refused before it runs
         media = {"video": [clip(), clip()]} if video else {"image": [image(0), image(1)]}
         llm.generate({"prompt": QUERY, "multi_modal_data": media}, greedy)
@@ -58,4 +66,4 @@ def main(checkpoint: str, video: bool) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2] == "video")
+    main(sys.argv[1], sys.argv[2])

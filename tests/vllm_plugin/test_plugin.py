@@ -56,11 +56,16 @@ def answers(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         path = tiny_model_path(variant)
     else:
         path = thudm_layout(variant, tmp_path_factory.mktemp("thudm") / variant)
-    run = subprocess.run([sys.executable, str(RUNNER), str(path), "video" if "video" in variant else "image"],
-                         capture_output=True, text=True, timeout=900, env=vllm_env())
+    return variant, run_vllm(path, "video" if "video" in variant else "image")
+
+
+def run_vllm(path: Path, mode: str, **env: str) -> dict:
+    """run_vllm.py's JSON for ``path`` in ``mode`` (image, video or tp2)."""
+    run = subprocess.run([sys.executable, str(RUNNER), str(path), mode], capture_output=True, text=True,
+                         timeout=900, env={**vllm_env(in_process=mode != "tp2"), **env})
     lines = [line for line in run.stdout.splitlines() if line.startswith("RESULT ")]
     assert run.returncode == 0 and lines, f"vLLM failed:\n{run.stdout[-3000:]}\n{run.stderr[-6000:]}"
-    return variant, json.loads(lines[-1].removeprefix("RESULT "))
+    return json.loads(lines[-1].removeprefix("RESULT "))
 
 
 @pytest.fixture(scope="module")
@@ -115,3 +120,12 @@ def test_a_second_image_or_clip_is_refused_clearly(answers: tuple[str, dict]) ->
     variant, got = answers
     assert got["two-media-error"] is not None, f"{variant}: two images/clips in one prompt were accepted"
     assert "at most 1" in got["two-media-error"].lower(), got["two-media-error"]
+
+
+def test_two_tensor_parallel_ranks_give_the_same_tokens(pipelines) -> None:
+    """CogVLM2 sharded over two ranks (GQA heads, THUDM's fused QKV split per rank, the vision expert's QKV bias,
+    the merged MLP, row-parallel dense): text and image answers equal CogLens's."""
+    got = run_vllm(tiny_model_path("cogvlm2"), "tp2", VLLM_CPU_OMP_THREADS_BIND="nobind")
+    pipe = pipelines("cogvlm2")
+    for case in cases(False)[:2]:
+        assert got[case["name"]] == coglens_tokens(pipe, case)[1], case["name"]

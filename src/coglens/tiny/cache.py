@@ -14,7 +14,7 @@ from coglens.tiny.variants import DEFAULT_TINY_VARIANT, get_tiny_variant
 logger = logging.getLogger(__name__)
 
 # Bump whenever write_tiny_checkpoint's output changes, so stale cached copies are not reused.
-TINY_FORMAT_VERSION = 2
+TINY_FORMAT_VERSION = 3
 
 
 def cache_root() -> Path:

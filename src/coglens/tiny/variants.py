@@ -16,15 +16,17 @@ class UnknownTinyVariantError(ValueError):
 
 @dataclass(frozen=True)
 class LanguageDims:
-    """LM sizes: small enough for a CPU step in milliseconds, large enough for GQA and several heads.
+    """LM sizes: small enough for a CPU step in milliseconds, large enough for GQA (CogVLM2: 2 query heads per KV
+    head) and more than one head.
 
-    The head size is 32, the smallest vLLM's CPU attention takes (tests/vllm runs these checkpoints there).
+    Two heads of 32: 32 is the smallest head size vLLM's CPU attention takes (tests/vllm_plugin runs these
+    checkpoints there); the weight shapes stay those of the parity fixtures (four heads of 16).
     """
 
-    hidden_size: int = 128
-    intermediate_size: int = 256
+    hidden_size: int = 64
+    intermediate_size: int = 128
     num_hidden_layers: int = 2
-    num_attention_heads: int = 4
+    num_attention_heads: int = 2
     max_position_embeddings: int = 2048
     rms_norm_eps: float = 1e-5
 
@@ -76,12 +78,12 @@ _VARIANTS = {
     ),
     "cogvlm2": TinyVariant(
         name="cogvlm2", model_type="cogvlm2", architecture="CogVLMForCausalLM", rope_base=500000.0,
-        num_kv_heads=2, has_vision_conv=True, has_vision_experts=True, vision_qkv_bias=True,
+        num_kv_heads=1, has_vision_conv=True, has_vision_experts=True, vision_qkv_bias=True,
         tokenizer=LLAMA3_LAYOUT,
     ),
     "cogvlm2-video": TinyVariant(
         name="cogvlm2-video", model_type="cogvlm2_llama3_video", architecture="CogVLMVideoForCausalLM",
-        rope_base=500000.0, num_kv_heads=2, has_vision_conv=True, has_vision_experts=False,
+        rope_base=500000.0, num_kv_heads=1, has_vision_conv=True, has_vision_experts=False,
         vision_qkv_bias=False, tokenizer=LLAMA3_LAYOUT,
     ),
 }
