@@ -14,6 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 
 ARCHITECTURES = ("CogVLMForCausalLM", "CogVLMVideoForCausalLM")  # as THUDM's config.json files name them
+# as folders CogLens saves name them (save_pretrained, merge-adapter, quantize); their config.json has model_type
+SAVED_ARCHITECTURES = ("CogvlmForCausalLM", "Cogvlm2ForCausalLM", "Cogvlm2VideoForCausalLM")
 _MODEL_CLASS = "coglens.vllm_plugin.model:CogvlmForVllm"
 
 
@@ -25,7 +27,7 @@ def register() -> None:
 
     register_configs()
     supported = set(ModelRegistry.get_supported_archs())
-    for architecture in ARCHITECTURES:
+    for architecture in (*ARCHITECTURES, *SAVED_ARCHITECTURES):
         if architecture not in supported:
             ModelRegistry.register_model(architecture, _MODEL_CLASS)
 
