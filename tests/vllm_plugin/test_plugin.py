@@ -50,10 +50,15 @@ def thudm_layout(variant: str, folder: Path) -> Path:
 @pytest.fixture(scope="module", params=VARIANTS)
 def answers(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict]:
     """vLLM's tokens for every case. CogVLM-1 and CogVLM2-Video load from THUDM's config shape (the variant is
-    inferred from the fields, as for the released files), CogVLM2 from the one CogLens writes (with model_type)."""
+    inferred from the fields, as for the released files), CogVLM2 from a folder CogLens saved (save_pretrained:
+    CogLens's class name and model_type)."""
     variant = request.param
     if variant == "cogvlm2":
-        path = tiny_model_path(variant)
+        path = tmp_path_factory.mktemp("saved") / variant
+        pipe = Pipeline.load(f"tiny:{variant}", dtype="float32")
+        pipe.model.save_pretrained(path)
+        pipe.tokenizer.save_pretrained(path)
+        assert json.loads((path / "config.json").read_text())["architectures"][0].startswith("Cogvlm")
     else:
         path = thudm_layout(variant, tmp_path_factory.mktemp("thudm") / variant)
     return variant, run_vllm(path, "video" if "video" in variant else "image")
