@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import traceback
@@ -149,3 +150,12 @@ def run_cli(*args: str, module: str | None = None, cwd: Path | None = None,
         root.setLevel(level)
         sys.excepthook = excepthook  # typer's app() installs its own
     return subprocess.CompletedProcess(argv, code, stdout.getvalue(), stderr.getvalue())
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` for children that tests interrupt with SIGINT: restore its default action.
+
+    A suite started as a background job of a non-interactive shell inherits an ignored SIGINT (POSIX), and a
+    Python child that starts with SIGINT ignored never raises KeyboardInterrupt, so Ctrl-C tests would time out.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

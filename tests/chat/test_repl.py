@@ -7,6 +7,7 @@ import json
 import pexpect
 from chat_helpers import GROUNDING_ANSWER, LOOPING_ANSWER, child_env, coglens_argv
 from PIL import Image, ImageChops
+from testkit import default_sigint
 
 from coglens.engine import SamplingParams
 from coglens.grounding import draw_boxes, parse_boxes
@@ -16,7 +17,8 @@ PROMPT = "You: "
 
 def spawn_chat(*args: str) -> pexpect.spawn:
     program, *argv = coglens_argv("chat", *args)
-    child = pexpect.spawn(program, argv, env=child_env(), encoding="utf-8", timeout=90, dimensions=(40, 400))
+    child = pexpect.spawn(program, argv, env=child_env(), encoding="utf-8", timeout=90, dimensions=(40, 400),
+                          preexec_fn=default_sigint)
     child.expect_exact(PROMPT)
     return child
 

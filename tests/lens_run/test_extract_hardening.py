@@ -19,7 +19,7 @@ import yaml
 from lens_run_helpers import EXAMPLES, REPO, write_manifest
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from testkit import run_cli
+from testkit import default_sigint, run_cli
 
 import coglens.lens
 from coglens.lens.run.config import load_lens_config
@@ -115,6 +115,7 @@ def _start_extract(config_file: Path, *args: str) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())},
+        preexec_fn=default_sigint,
     )
 
 

@@ -127,10 +127,18 @@ def test_a_second_image_or_clip_is_refused_clearly(answers: tuple[str, dict]) ->
     assert "at most 1" in got["two-media-error"].lower(), got["two-media-error"]
 
 
-def test_two_tensor_parallel_ranks_give_the_same_tokens(pipelines) -> None:
+def test_a_cached_prefix_gives_the_same_tokens(answers: tuple[str, dict]) -> None:
+    """The same image/video prompt again: its blocks come from vLLM's prefix cache, its answer is unchanged."""
+    variant, got = answers
+    assert got["cached"]["num_cached_tokens"] > 0, f"{variant}: nothing came from the prefix cache"
+    assert got["cached"]["tokens"] == got[got["cached"]["name"]]
+
+
+def test_two_tensor_parallel_ranks_give_the_same_tokens(pipelines, tmp_path: Path) -> None:
     """CogVLM2 sharded over two ranks (GQA heads, THUDM's fused QKV split per rank, the vision expert's QKV bias,
-    the merged MLP, row-parallel dense): text and image answers equal CogLens's."""
-    got = run_vllm(tiny_model_path("cogvlm2"), "tp2", VLLM_CPU_OMP_THREADS_BIND="nobind")
+    the merged MLP, row-parallel dense), from THUDM's config shape (CogVLM2 inferred from its KV heads): text and
+    image answers equal CogLens's."""
+    got = run_vllm(thudm_layout("cogvlm2", tmp_path / "cogvlm2"), "tp2", VLLM_CPU_OMP_THREADS_BIND="nobind")
     pipe = pipelines("cogvlm2")
     for case in cases(False)[:2]:
         assert got[case["name"]] == coglens_tokens(pipe, case)[1], case["name"]

@@ -11,7 +11,10 @@ model-defined), :mod:`.inputs` (prompts, images and video frames laid out by Cog
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 ARCHITECTURES = ("CogVLMForCausalLM", "CogVLMVideoForCausalLM")  # as THUDM's config.json files name them
 # as folders CogLens saves name them (save_pretrained, merge-adapter, quantize); their config.json has model_type
@@ -20,16 +23,24 @@ _MODEL_CLASS = "coglens.vllm_plugin.model:CogvlmForVllm"
 
 
 def register() -> None:
-    """Teach vLLM the CogVLM family (idempotent). Called by vLLM through the entry point."""
-    from vllm import ModelRegistry
+    """Teach vLLM the CogVLM family (idempotent). Called by vLLM through the entry point, in every vLLM process.
 
-    from coglens.vllm_plugin.config import register_configs
+    vLLM does not guard its plugins, so a failure here (another vLLM or transformers version beside CogLens) is
+    logged and the plugin steps aside: vLLM keeps serving every other model.
+    """
+    try:
+        from vllm import ModelRegistry
 
-    register_configs()
-    supported = set(ModelRegistry.get_supported_archs())
-    for architecture in (*ARCHITECTURES, *SAVED_ARCHITECTURES):
-        if architecture not in supported:
-            ModelRegistry.register_model(architecture, _MODEL_CLASS)
+        from coglens.vllm_plugin.config import register_configs
+
+        register_configs()
+        supported = set(ModelRegistry.get_supported_archs())
+        for architecture in (*ARCHITECTURES, *SAVED_ARCHITECTURES):
+            if architecture not in supported:
+                ModelRegistry.register_model(architecture, _MODEL_CLASS)
+    except Exception as exc:  # noqa: BLE001 - any failure must leave vLLM usable for other models
+        logger.warning("coglens: the CogVLM plugin for vLLM is not active (%s: %s); it is tested with vLLM 0.32",
+                       type(exc).__name__, exc)
 
 
 def chat_template_path() -> Path:

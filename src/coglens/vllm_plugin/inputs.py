@@ -45,11 +45,13 @@ class CogvlmProcessingInfo(BaseProcessingInfo):
         return {"text_kwargs": {"template_version"}}
 
     def template(self, mm_kwargs: Mapping[str, object]) -> str:
-        """``template_version`` from the request's ``mm_processor_kwargs`` (any scope), else the checkpoint's."""
+        """``template_version`` from the request's ``mm_processor_kwargs`` (flat, or the text/video scopes that the
+        video's cache key includes), else the checkpoint's."""
         chosen = mm_kwargs.get("template_version")
-        for scope in mm_kwargs.values():
-            if isinstance(scope, Mapping) and scope.get("template_version"):
-                chosen = scope["template_version"]
+        for scope in ("text_kwargs", "videos_kwargs"):
+            kwargs = mm_kwargs.get(scope)
+            if isinstance(kwargs, Mapping) and kwargs.get("template_version"):
+                chosen = kwargs["template_version"]
         return resolve_template(chosen, self.get_hf_config().template_version)  # type: ignore[arg-type]
 
     def video_layout(self, num_frames: int, template: str) -> list[int]:
@@ -98,7 +100,13 @@ class CogvlmMultiModalProcessor(BaseMultiModalProcessor[CogvlmProcessingInfo]):
                 "video_pixel_values": MultiModalFieldConfig.batched("video")}
 
     def _postprocess_prompt(self, prompt: list[int]) -> list[int]:
-        bos = self.info.get_hf_config().bos_token_id
+        config = self.info.get_hf_config()
+        if config.variant != "cogvlm" and config.image_token_id in prompt:  # (CogVLM-1's placeholder is <unk>)
+            raise ValueError(
+                f"the prompt already holds image placeholder ids ({config.image_token_id}); give the text only (or "
+                "CogLens's ids without the image span): the plugin inserts the span after bos itself"
+            )
+        bos = config.bos_token_id
         return prompt if prompt[:1] == [bos] else [bos, *prompt]  # the span's anchor, as in every CogVLM prompt
 
     def _get_prompt_updates(
