@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -38,10 +39,10 @@ def build_checkpoint(hidden: int, layers: int) -> Path:
     from coglens import Cogvlm2Config, CogvlmForCausalLM
     from coglens.processing.tokenizer import load_tokenizer
     from coglens.tiny import tiny_model_path
-    from coglens.tiny.cache import cache_root
+    from coglens.tiny.cache import TINY_FORMAT_VERSION, cache_root
 
-    folder = cache_root() / "bench" / f"serve-h{hidden}-l{layers}"
-    if (folder / "config.json").is_file():
+    folder = cache_root() / "bench" / f"serve-h{hidden}-l{layers}-v{TINY_FORMAT_VERSION}"
+    if folder.is_dir():  # only ever appears complete (renamed into place below)
         return folder
     tiny = tiny_model_path("cogvlm2")
     base = json.loads((tiny / "config.json").read_text())
@@ -49,8 +50,11 @@ def build_checkpoint(hidden: int, layers: int) -> Path:
                 num_attention_heads=hidden // 64, num_multi_query_heads=max(1, hidden // 256))
     torch.manual_seed(0)
     config = Cogvlm2Config(**base)
-    CogvlmForCausalLM(config).eval().save_pretrained(folder)
-    load_tokenizer(tiny, config=config).save_pretrained(folder)
+    staging = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    CogvlmForCausalLM(config).eval().save_pretrained(staging)
+    load_tokenizer(tiny, config=config).save_pretrained(staging)
+    staging.rename(folder)
     return folder
 
 

@@ -1,5 +1,5 @@
-"""The prompts both engines answer in tests/vllm: text, an image with each template, a mixed batch, a chat with
-history, a video clip. Plain data, shared by the vLLM runner (a subprocess) and the test (CogLens's engine)."""
+"""The prompts both engines answer in tests/vllm_plugin: text, an image with each template, a mixed batch, a chat
+with history, a video clip. Plain data, shared by the vLLM runner (a subprocess) and the test (CogLens's engine)."""
 
 from __future__ import annotations
 
