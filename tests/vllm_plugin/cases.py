@@ -8,7 +8,7 @@ from PIL import Image
 
 MAX_TOKENS = 8
 QUERY = "What is in the picture?"
-HISTORY = [("Describe the colours.", "Red and blue.")]
+HISTORY = [("Describe the colours and the shapes you can see.", "Red and blue circles on a white background.")]
 
 
 def image(seed: int = 0) -> Image.Image:

@@ -25,9 +25,10 @@ def main(checkpoint: str, mode: str) -> None:
     if sharded:  # two worker processes, one rank each
         llm = LLM(checkpoint, dtype="float32", max_model_len=1024, seed=0, tensor_parallel_size=2)
     else:  # one process (no engine-core or worker processes): each vLLM process start costs CI ~20 s of imports;
-        # 16-token prefill chunks cut prompts inside their image spans (chunked prefill must keep the routing)
+        # 16-token prefill chunks cut prompts inside their image spans (chunked prefill must keep the routing);
+        # 32-token cache blocks (the CPU default is 128, longer than these prompts) so prefixes can be reused
         llm = LLM(checkpoint, dtype="float32", max_model_len=1024, seed=0, distributed_executor_backend="uni",
-                  max_num_batched_tokens=16, enable_prefix_caching=True)
+                  max_num_batched_tokens=16, enable_prefix_caching=True, block_size=32)
     greedy = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
     chosen = cases(video)[:2] if sharded else cases(video)
     prompts = []
@@ -58,8 +59,9 @@ def main(checkpoint: str, mode: str) -> None:
     if sharded:
         print("RESULT " + json.dumps(out), flush=True)
         return
-    again = llm.generate(prompts[1], greedy)[0]  # the same media prompt again: served from the prefix cache
-    out["cached"] = {"name": chosen[1]["name"], "tokens": list(again.outputs[0].token_ids),
+    longest = max(range(len(chosen)), key=lambda i: len(generated[i].prompt_token_ids))  # > one cache block
+    again = llm.generate(prompts[longest], greedy)[0]  # the same prompt again: served from the prefix cache
+    out["cached"] = {"name": chosen[longest]["name"], "tokens": list(again.outputs[0].token_ids),
                      "num_cached_tokens": again.num_cached_tokens or 0}
     try:  # CogVLM takes one image (or clip) per conversation: a second one is refused before it runs
         media = {"video": [clip(), clip()]} if video else {"image": [image(0), image(1)]}

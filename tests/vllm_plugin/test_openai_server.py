@@ -83,5 +83,6 @@ def test_openai_client_image_chat_equals_coglens(server) -> None:
     choice = reply.choices[0].model_dump()
     assert reply.model_dump()["prompt_token_ids"] == request.input_ids.tolist()
     assert choice["token_ids"] == expected.token_ids
-    assert reply.choices[0].message.content == expected.text
+    # random weights can stop inside a UTF-8 sequence: CogLens ends the text with U+FFFD, vLLM holds the bytes back
+    assert reply.choices[0].message.content.rstrip("\ufffd") == expected.text.rstrip("\ufffd")
     assert reply.usage.completion_tokens == MAX_TOKENS
