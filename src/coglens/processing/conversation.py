@@ -173,17 +173,27 @@ def _video_layout(
     if current:
         frames = _video_frames(current[0], config.vision_config.image_size)
         pixels.append(frames)
-        span = [config.image_token_id] * config.num_image_tokens
-        if template == "chat":  # each frame followed by its 0-based index, as text
-            for index in range(len(frames)):
-                _append(ids, types, span, VISION_TOKEN_TYPE)
-                index_ids = tokenizer.encode(str(index), add_special_tokens=False)
-                _append(ids, types, index_ids, LANGUAGE_TOKEN_TYPE)
-        else:  # base / vqa: all frames in one vision run
-            _append(ids, types, span * len(frames), VISION_TOKEN_TYPE)
+        clip_ids, clip_types = clip_layout(tokenizer, config, template, len(frames))
+        ids += clip_ids
+        types += clip_types
     text = "".join(render_turns(template, query, [(turn.query, turn.answer) for turn in past]))
     _append(ids, types, tokenizer.encode(text, add_special_tokens=False), LANGUAGE_TOKEN_TYPE)
     return ids, types, pixels
+
+
+def clip_layout(tokenizer: Any, config: Any, template: str, num_frames: int) -> tuple[list[int], list[int]]:
+    """Ids and token types of a CogVLM2-Video clip's frames: for ``chat`` each frame's span followed by its 0-based
+    index as text, for ``base`` / ``vqa`` all frames in one vision run."""
+    ids: list[int] = []
+    types: list[int] = []
+    span = [config.image_token_id] * config.num_image_tokens
+    if template != "chat":
+        _append(ids, types, span * num_frames, VISION_TOKEN_TYPE)
+        return ids, types
+    for index in range(num_frames):
+        _append(ids, types, span, VISION_TOKEN_TYPE)
+        _append(ids, types, tokenizer.encode(str(index), add_special_tokens=False), LANGUAGE_TOKEN_TYPE)
+    return ids, types
 
 
 def _spans(texts: list[str], images: list[Any | None]) -> list[tuple[Any | None, str]]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from coglens.modeling.configuration_cogvlm import (
+    COGVLM,
     MODEL_TYPES,
     Cogvlm2Config,
     Cogvlm2VideoConfig,
@@ -66,4 +67,4 @@ def register_configs() -> None:
             "vLLM 0.32 - install that version"
         )
     for architecture in ARCHITECTURES:
-        table[architecture] = MODEL_TYPES["cogvlm"]  # CogvlmConfig infers the variant from the fields
+        table[architecture] = MODEL_TYPES[COGVLM]  # CogvlmConfig infers the variant from the fields

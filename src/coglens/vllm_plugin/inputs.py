@@ -27,7 +27,8 @@ from vllm.multimodal.processing import (
     PromptUpdateDetails,
 )
 
-from coglens.modeling.configuration_cogvlm import CogvlmConfig
+from coglens.modeling.configuration_cogvlm import COGVLM, CogvlmConfig
+from coglens.processing.conversation import clip_layout
 from coglens.processing.image import preprocess_image
 from coglens.processing.template import resolve_template
 from coglens.processing.video import transform_clip
@@ -55,16 +56,8 @@ class CogvlmProcessingInfo(BaseProcessingInfo):
         return resolve_template(chosen, self.get_hf_config().template_version)  # type: ignore[arg-type]
 
     def video_layout(self, num_frames: int, template: str) -> list[int]:
-        """The ids a clip of ``num_frames`` frames takes in the prompt (spans, and each frame's index for chat)."""
-        config = self.get_hf_config()
-        span = [config.image_token_id] * config.num_image_tokens
-        if template != "chat":
-            return span * num_frames
-        tokenizer = self.get_tokenizer()
-        ids: list[int] = []
-        for index in range(num_frames):
-            ids += span + tokenizer.encode(str(index), add_special_tokens=False)
-        return ids
+        """The ids a clip of ``num_frames`` frames takes in the prompt, laid out as CogLens's processor does."""
+        return clip_layout(self.get_tokenizer(), self.get_hf_config(), template, num_frames)[0]
 
 
 class CogvlmDummyInputsBuilder(BaseDummyInputsBuilder[CogvlmProcessingInfo]):
@@ -101,7 +94,7 @@ class CogvlmMultiModalProcessor(BaseMultiModalProcessor[CogvlmProcessingInfo]):
 
     def _postprocess_prompt(self, prompt: list[int]) -> list[int]:
         config = self.info.get_hf_config()
-        if config.variant != "cogvlm" and config.image_token_id in prompt:  # (CogVLM-1's placeholder is <unk>)
+        if config.variant != COGVLM and config.image_token_id in prompt:  # (CogVLM-1's placeholder is <unk>)
             raise ValueError(
                 f"the prompt already holds image placeholder ids ({config.image_token_id}); give the text only (or "
                 "CogLens's ids without the image span): the plugin inserts the span after bos itself"

@@ -27,7 +27,7 @@ from vllm.model_executor.model_loader.weight_utils import default_weight_loader
 from vllm.model_executor.models.interfaces import SupportsMRoPE, SupportsMultiModal
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
-from coglens.modeling.configuration_cogvlm import CogvlmConfig
+from coglens.modeling.configuration_cogvlm import COGVLM, CogvlmConfig
 from coglens.modeling.language import CogvlmRMSNorm, RotaryEmbedding, apply_rotary
 from coglens.modeling.routing import LANGUAGE_TOKEN_TYPE, VISION_TOKEN_TYPE, build_position_ids, vision_expert_mask
 from coglens.modeling.vision import EVA2CLIPModel
@@ -71,7 +71,7 @@ class ExpertAttention(nn.Module):
         self.language_expert_query_key_value = qkv("language_expert_query_key_value", False)
         self.language_expert_dense = dense("language_expert_dense")
         if config.has_vision_experts:  # CogVLM2's vision expert QKV has a bias, CogVLM-1's has none
-            self.vision_expert_query_key_value = qkv("vision_expert_query_key_value", config.variant != "cogvlm")
+            self.vision_expert_query_key_value = qkv("vision_expert_query_key_value", config.variant != COGVLM)
             self.vision_expert_dense = dense("vision_expert_dense")
         else:
             self.vision_expert_query_key_value = self.vision_expert_dense = None
