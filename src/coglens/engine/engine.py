@@ -21,12 +21,14 @@ from transformers.generation.logits_process import WatermarkLogitsProcessor
 from ..modeling.adapters import AdapterBank
 from ..modeling.modeling_cogvlm import execution_device
 from ..modeling.routing import LANGUAGE_TOKEN_TYPE, VISION_TOKEN_TYPE, build_position_ids
-from ..processing.padding import left_padded_batch, pad_left
+from ..processing.padding import left_padded_batch
 from .cache import BatchKVCache
+from .compiled import DecodeStep
 from .context import fit_new_tokens
 from .errors import EngineInputError
 from .params import GenerationRequest, GenerationResult, SamplingParams, TokenEvent
-from .sampling import Draw, sample_next, watermark_processor
+from .sampling import Draw, needs_history, sample_batch, sample_next, watermark_processor
+from .slots import DecodeSlots
 
 PromptLogprobs = list[float | None]
 
@@ -60,10 +62,14 @@ class EngineStats:
 
 class Engine:
     """``adapters``: LoRA adapters that requests pick by name (``GenerationRequest.adapter``); rows of different
-    adapters are prefilled one adapter at a time and decoded in one batch, each with its own adapter."""
+    adapters are prefilled one adapter at a time and decoded in one batch, each with its own adapter.
+
+    ``compile``: run decode steps through ``torch.compile`` (see :mod:`coglens.engine.compiled`); the first step
+    at each batch size bucket compiles (seconds to minutes), later ones reuse the graph.
+    """
 
     def __init__(self, model: Any, tokenizer: Any, *, max_batch_size: int = 8,
-                 adapters: AdapterBank | None = None) -> None:
+                 adapters: AdapterBank | None = None, compile: bool = False) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.adapters = adapters
@@ -75,6 +81,7 @@ class Engine:
         self._watermark: WatermarkLogitsProcessor | None = None  # built for the first request that asks for it
         self.pad_id = 0
         self.stats = EngineStats()
+        self.decode_step = DecodeStep(model, self.device, compile=compile, adapters=adapters)
         self._lock = threading.Lock()
         self._waiting: deque[_Sequence] = deque()
         self._running: list[_Sequence] = []
@@ -82,12 +89,9 @@ class Engine:
         self._aborted: set[str] = set()
         self._reset_batch()
 
+    @torch.inference_mode()  # as every step: a compiled step's guards tell inference tensors from others
     def _reset_batch(self) -> None:
-        self._cache = BatchKVCache()
-        self._mask = torch.zeros(0, 0, dtype=torch.long, device=self.device)
-        self._types = torch.zeros(0, 0, dtype=torch.long, device=self.device)
-        self._positions = torch.zeros(0, dtype=torch.long, device=self.device)
-        self._last = torch.zeros(0, dtype=torch.long, device=self.device)
+        self._slots = DecodeSlots(self.device)
 
     # --- public API -----------------------------------------------------------------------------------
 
@@ -280,7 +284,6 @@ class Engine:
     def _prefill_group(self, seqs: list[_Sequence]) -> list[TokenEvent]:
         ids, types, mask = left_padded_batch([s.request.input_ids for s in seqs],
                                              [s.request.token_type_ids for s in seqs], pad_token_id=self.pad_id)
-        width = ids.shape[1]
         ids, types, mask = ids.to(self.device), types.to(self.device), mask.to(self.device)
         positions = build_position_ids(types, mask)
         cache = BatchKVCache()
@@ -294,44 +297,54 @@ class Engine:
         prompt_logprobs = [_prompt_logprobs(out.logits[row], s.request) if s.request.params.prompt_logprobs
                            else None for row, s in enumerate(seqs)]
         new_tokens, events = self._sample(seqs, out.logits[:, -1], prompt_logprobs)
-        total = max(self._mask.shape[1], width)
-        self._cache.extend(cache)
-        self._mask = torch.cat((pad_left(self._mask, total), pad_left(mask, total)))
-        self._types = torch.cat((pad_left(self._types, total), pad_left(types, total)))
-        self._positions = torch.cat((self._positions, positions[:, -1] + 1))
-        self._last = torch.cat((self._last, new_tokens))
+        self._slots.admit(cache, mask, types, positions[:, -1] + 1, new_tokens)
         self._running += seqs
         return events
 
     def _decode(self) -> list[TokenEvent]:
-        b = len(self._running)
-        self._mask = torch.cat((self._mask, self._mask.new_ones(b, 1)), dim=1)
-        self._types = torch.cat((self._types, self._types.new_zeros(b, 1)), dim=1)  # generated: language tokens
-        self._cache.token_types = self._types
-        out = self._forward(self._running, input_ids=self._last.view(b, 1),
-                            token_type_ids=torch.zeros_like(self._last).view(b, 1), attention_mask=self._mask,
-                            position_ids=self._positions.view(b, 1), past_key_values=self._cache, use_cache=True)
+        compiled = self.decode_step.use_compiled()
+        window = self._slots.begin_step(bucketed=compiled)
+        logits = self.decode_step.run_compiled(self._slots, window) if compiled else None
+        if logits is None:
+            if compiled:  # compiling failed: this step again, eagerly, in the exact window
+                window = self._slots.begin_step(bucketed=False)
+            out = self._forward(self._running, input_ids=window.input_ids, attention_mask=window.attention_mask,
+                                position_ids=window.position_ids, past_key_values=self._slots, use_cache=True)
+            logits = out.logits[:, -1]
+        b = window.rows
         self.stats.decode_steps += 1
         self.stats.decode_rows += b
         self.stats.mixed_adapter_steps += len({s.request.adapter for s in self._running}) > 1
-        self._positions = self._positions + 1
-        self._last, events = self._sample(self._running, out.logits[:, -1])
+        tokens, events = self._sample(self._running, logits[:b])
+        self._slots.end_step(tokens)
         return events
 
     def _sample(self, seqs: list[_Sequence], logits: torch.Tensor,
                 prompt_logprobs: list[PromptLogprobs | None] | None = None) -> tuple[torch.Tensor, list[TokenEvent]]:
-        tokens, events = [], []
-        for row, seq in enumerate(seqs):
-            if seq.finish_reason is not None:  # finished rows still ride along until retired
-                tokens.append(self.pad_id)
-                continue
-            params = seq.request.params
-            draw = sample_next(logits[row], params, seq.request.input_ids, seq.generated, seq.generator,
-                               self._watermark_for(params))
-            tokens.append(draw.token)
-            events.append(self._advance(seq, draw, prompt_logprobs[row] if prompt_logprobs else None))
+        """The next token of every row: rows without history-dependent settings in one batch on the device, the
+        others one by one; finished rows (riding along until retired) are fed the pad token."""
+        live = [row for row, seq in enumerate(seqs) if seq.finish_reason is None]
+        batched = [row for row in live if not needs_history(seqs[row].request.params)]
+        tokens = torch.full((len(seqs),), self.pad_id, dtype=torch.long, device=self.device)
+        draws: dict[int, Draw] = {}
+        if batched:
+            index = torch.tensor(batched, device=self.device)
+            chosen, batch_draws = sample_batch(logits.index_select(0, index),
+                                               [seqs[row].request.params for row in batched],
+                                               [seqs[row].generator for row in batched])
+            tokens[index] = chosen
+            draws.update(zip(batched, batch_draws, strict=True))
+        for row in live:
+            if row not in draws:
+                seq = seqs[row]
+                params = seq.request.params
+                draws[row] = sample_next(logits[row], params, seq.request.input_ids, seq.generated, seq.generator,
+                                         self._watermark_for(params))
+                tokens[row] = draws[row].token
+        events = [self._advance(seqs[row], draws[row], prompt_logprobs[row] if prompt_logprobs else None)
+                  for row in live]
         self.stats.generated_tokens += len(events)
-        return torch.tensor(tokens, dtype=torch.long, device=self.device), events
+        return tokens, events
 
     def _watermark_for(self, params: SamplingParams) -> WatermarkLogitsProcessor | None:
         if not params.watermark:
@@ -403,15 +416,9 @@ class Engine:
             return
         self._running = [self._running[i] for i in keep]
         if not keep:
-            self._reset_batch()
+            self._reset_batch()  # frees the storage
             return
-        rows = torch.tensor(keep, device=self.device)
-        self._cache.select(rows)
-        self._mask, self._positions, self._last = self._mask[rows], self._positions[rows], self._last[rows]
-        first_used = int(self._mask.any(dim=0).int().argmax())  # columns padded in every row can go
-        self._cache.trim_left(first_used)
-        self._mask = self._mask[:, first_used:]
-        self._types = self._types[rows, first_used:]
+        self._slots.keep(keep)
 
 
 def _prompt_logprobs(logits: torch.Tensor, request: GenerationRequest) -> PromptLogprobs:

@@ -87,6 +87,68 @@ def sample_next(logits: torch.Tensor, params: SamplingParams, prompt_ids: torch.
     return Draw(token, float(logprobs[token]), _top(logprobs, params.top_logprobs))
 
 
+def needs_history(params: SamplingParams) -> bool:
+    """Settings that read the row's tokens so far (penalties, watermark) or use transformers' 1-D warper
+    (typical_p): such rows are sampled one by one with :func:`sample_next`; the others in one batch."""
+    return (params.repetition_penalty != 1.0 or bool(params.presence_penalty) or bool(params.frequency_penalty)
+            or params.watermark or params.typical_p < 1.0)
+
+
+def sample_batch(logits: torch.Tensor, params: list[SamplingParams],
+                 generators: list[torch.Generator | None]) -> tuple[torch.Tensor, list[Draw]]:
+    """(B, vocab) logits -> the next token of every row, computed on the logits' device for the whole batch and
+    read back in one transfer: the tokens stay on the device for the next step, the draws come to the host.
+
+    The same distributions as :func:`sample_next` for rows without history-dependent settings (see
+    :func:`needs_history`). A sampled row draws by the exponential race (argmax of p / E, E ~ Exp(1) from the
+    row's own generator), so a seeded row gives the same tokens whatever else is in the batch.
+    """
+    logits = logits.float()
+    greedy = torch.tensor([p.greedy for p in params], device=logits.device)
+    logprobs = torch.log_softmax(logits, -1)
+    tokens = logits.argmax(-1)
+    if not all(p.greedy for p in params):
+        sampled_logprobs, sampled = _sample_rows(logits, params, generators)
+        tokens = torch.where(greedy, tokens, sampled)
+        logprobs = torch.where(greedy[:, None], logprobs, sampled_logprobs)
+    k = min(max(p.top_logprobs for p in params), logits.shape[-1])
+    packed = [tokens.double()[:, None], logprobs.gather(1, tokens[:, None]).double()]
+    if k:
+        top_values, top_ids = torch.topk(logprobs, k)
+        packed += [top_ids.double(), top_values.double()]
+    host = torch.cat(packed, dim=1).tolist()  # the step's one device-to-host transfer
+    draws = []
+    for row, p in zip(host, params, strict=True):
+        ids, values = row[2:2 + k][:p.top_logprobs], row[2 + k:][:p.top_logprobs]
+        top = [(int(i), v) for i, v in zip(ids, values, strict=True) if v != float("-inf")]
+        draws.append(Draw(int(row[0]), row[1], top))
+    return tokens, draws
+
+
+def _sample_rows(logits: torch.Tensor, params: list[SamplingParams],
+                 generators: list[torch.Generator | None]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Temperature, top-k and top-p for every row at once (greedy rows get neutral settings); returns the
+    log-probabilities of the filtered distributions and a token drawn from each."""
+    device, vocab = logits.device, logits.shape[-1]
+    temperature = torch.tensor([1.0 if p.greedy else p.temperature for p in params], device=device)
+    top_k = torch.tensor([p.top_k if 0 < p.top_k < vocab and not p.greedy else vocab for p in params], device=device)
+    top_p = torch.tensor([1.0 if p.greedy else p.top_p for p in params], device=device)
+    scaled = (logits - logits.max(-1, keepdim=True).values) / temperature[:, None]
+    if any(not p.greedy and (0 < p.top_k < vocab or p.top_p < 1.0) for p in params):
+        ordered, order = torch.sort(scaled, dim=-1, descending=True)
+        kth = ordered.gather(1, (top_k - 1)[:, None])
+        ordered = ordered.masked_fill(ordered < kth, float("-inf"))  # top-k first, then top-p over what is left
+        probs = ordered.softmax(-1)
+        drop = (probs.cumsum(-1) - probs >= top_p[:, None]) | (ordered == float("-inf"))
+        drop[:, 0] = False  # the likeliest token always stays
+        scaled = scaled.masked_fill(torch.zeros_like(drop).scatter(1, order, drop), float("-inf"))
+    probs = scaled.softmax(-1)
+    noise = torch.stack([torch.ones(vocab, device=device) if p.greedy
+                         else torch.empty(vocab, device=device).exponential_(generator=g)
+                         for p, g in zip(params, generators, strict=True)])
+    return torch.log(probs), (probs / noise).argmax(-1)
+
+
 def _top(logprobs: torch.Tensor, k: int) -> list[tuple[int, float]]:
     if not k:
         return []

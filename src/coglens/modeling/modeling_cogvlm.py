@@ -187,9 +187,10 @@ class CogvlmModel(CogvlmPreTrainedModel):
         b, n = ref.shape[:2]
         device = ref.device
         past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
+        # no types: all language, decided without reading a tensor (a compiled decode step cannot branch on data)
+        has_vision = token_type_ids is not None and bool((token_type_ids == VISION_TOKEN_TYPE).any())
         if token_type_ids is None:
             token_type_ids = torch.zeros(b, n, dtype=torch.long, device=device)
-        has_vision = bool((token_type_ids == VISION_TOKEN_TYPE).any())
         image_features = None
         # given embeddings take the image features only when images come along (as transformers' VLMs do);
         # without images they are taken to hold them already
@@ -315,8 +316,8 @@ def attention_bias(attention_mask: torch.Tensor, q_len: int, past_len: int, dtyp
     Masked cells get finfo.min, and cells that are both padded and in the future get -inf (min + min), as the
     original does: a pad query row then still has finite weights and never produces NaN.
     """
-    no_padding = bool(attention_mask.all())
-    if no_padding and (past_len == 0 or q_len == 1):
+    # the shortcut reads the mask on the host; a compiled step always builds the bias (same result)
+    if (past_len == 0 or q_len == 1) and not torch.compiler.is_compiling() and bool(attention_mask.all()):
         return None
     k_len = attention_mask.shape[1]
     device = attention_mask.device

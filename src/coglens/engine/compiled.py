@@ -1,0 +1,136 @@
+"""The decode step's forward pass, run eagerly or through ``torch.compile``.
+
+Compiled on CPU: inductor, with its pass that turns a one-row matrix product into a fused multiply-reduce loop
+(a batch-1 decode step is a chain of matrix-vector products, which that loop streams faster than the BLAS call).
+Compiled on CUDA: inductor with CUDA graphs (``mode="reduce-overhead"``): one graph launch per step instead of
+hundreds of kernel launches. Rows and columns are bucketed (see :mod:`coglens.engine.slots`) and the column count
+is a dynamic dimension, so a handful of graphs serve a session.
+
+A step runs eagerly whenever a forward hook or pre-hook sits on a module the step runs (the lens's captures and
+interventions, accelerate's offloading): a compiled graph would not call hooks registered after it was traced.
+The lens therefore always sees the uncompiled step, by design; the tokens are the same.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.modules import module as module_globals
+
+from .slots import DecodeSlots, StepWindow
+
+logger = logging.getLogger(__name__)
+
+RECOMPILE_LIMIT = 32  # graphs per step function: batch buckets x (static, dynamic columns), with room to spare
+
+
+class CompileUnavailableError(RuntimeError):
+    """``compile=True`` on a model or machine where the compiled step cannot run."""
+
+
+def cxx_compiler() -> str | None:
+    """The C++ compiler inductor would use on CPU (``$CXX``, else g++ / clang++ / c++), or None."""
+    names = [os.environ["CXX"]] if os.environ.get("CXX") else ["g++", "clang++", "c++"]
+    if sys.platform == "win32":
+        names.append("cl")
+    return next((path for name in names if (path := shutil.which(name))), None)
+
+
+def _install_hint() -> str:
+    if sys.platform == "darwin":
+        return "install the Xcode command line tools (xcode-select --install)"
+    if sys.platform == "win32":
+        return "install the Visual Studio Build Tools (C++ workload) and run from a developer prompt"
+    return "install a C++ compiler (Debian/Ubuntu: apt install g++; Fedora: dnf install gcc-c++) or set $CXX"
+
+
+def _cpu_options() -> dict[str, Any]:
+    """Inductor's matrix-vector decomposition for every size (its defaults stop at 2048 columns, which leaves out
+    the MLP and the LM head). The pass reads its limits when first imported; set them on the module as well, in
+    case an earlier compilation in this process imported it with the defaults."""
+    limits = {"cpu_max_first_dimension_decomposition": 1, "cpu_max_other_dimension_decomposition": 2**31 - 1}
+    try:
+        from torch._inductor.fx_passes import decompose_mem_bound_mm as decomposition
+
+        for name, value in limits.items():
+            if hasattr(decomposition, name):
+                setattr(decomposition, name, value)
+    except ImportError:  # another torch layout: compile without the decomposition
+        return {}
+    return {"post_grad_fusion_options": {"decompose_mm_pass": limits}}
+
+
+def _decode_logits(model: nn.Module, input_ids: torch.Tensor, position_ids: torch.Tensor,
+                   attention_mask: torch.Tensor, cache: DecodeSlots) -> torch.Tensor:
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                past_key_values=cache, use_cache=True)
+    return out.logits[:, -1]
+
+
+class DecodeStep:
+    """One decode forward: ``compile=True`` compiles it (see the module's notes); the eager path is the model's
+    own forward, through ``forward`` (the engine's, which knows about adapters)."""
+
+    def __init__(self, model: nn.Module, device: torch.device, *, compile: bool, adapters: Any = None) -> None:
+        self.model = model
+        self.device = device
+        self.enabled = compile
+        self._compiled: Any = None
+        # the modules a decode step runs (not the vision tower): where a hook would have to fire
+        self._watched = [m for name, m in model.named_modules() if ".vision." not in f".{name}."]
+        if compile:
+            self._compiled = self._build(adapters)
+
+    def _build(self, adapters: Any) -> Any:
+        if adapters is not None:
+            raise CompileUnavailableError("compile=True with LoRA adapters served side by side is not supported "
+                                          "(each row picks its adapter at run time); run without --compile")
+        if getattr(self.model, "hf_quantizer", None) is not None:
+            raise CompileUnavailableError("compile=True on a quantized model is not supported (bitsandbytes and "
+                                          "torchao kernels are not traced); run without --compile")
+        if self.device.type == "cpu" and cxx_compiler() is None:
+            logger.warning("--compile: no C++ compiler found, which torch.compile needs on CPU; decoding "
+                           "uncompiled. To compile, %s.", _install_hint())
+            self.enabled = False
+            return None
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+        if self.device.type == "cuda":
+            return torch.compile(_decode_logits, mode="reduce-overhead", fullgraph=True)
+        return torch.compile(_decode_logits, fullgraph=True, options=_cpu_options())
+
+    @property
+    def compiled(self) -> bool:
+        """Whether steps run compiled (False when compile was off, or fell back)."""
+        return self.enabled
+
+    def use_compiled(self) -> bool:
+        """Compiled for this step: enabled, and no hook anywhere on the step's modules."""
+        if not self.enabled:
+            return False
+        if module_globals._global_forward_hooks or module_globals._global_forward_pre_hooks:
+            return False
+        return not any(m._forward_hooks or m._forward_pre_hooks for m in self._watched)
+
+    def run_compiled(self, slots: DecodeSlots, window: StepWindow) -> torch.Tensor | None:
+        """(B, vocab) float32 logits of a bucketed window, or None if compiling failed (then the step is
+        disabled and the caller runs it eagerly: nothing was written that the eager step does not rewrite)."""
+        _mark_dynamic_columns(window.attention_mask)
+        try:
+            return self._compiled(self.model, window.input_ids, window.position_ids, window.attention_mask, slots)
+        except Exception as exc:  # a compiler failure must not take down generation; the uncompiled step works
+            logger.warning("--compile: compiling the decode step failed (%s: %s); decoding uncompiled from now on",
+                           type(exc).__name__, exc)
+            self.enabled = False
+            return None
+
+
+def _mark_dynamic_columns(mask: torch.Tensor) -> None:
+    """The column count changes from bucket to bucket: one graph per row bucket serves them all."""
+    if mask.shape[1] > 1:
+        torch._dynamo.mark_dynamic(mask, 1)
