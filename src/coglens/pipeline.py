@@ -75,6 +75,7 @@ class Pipeline:
         quantize_vision: bool = False,
         adapter: str | Path | None = None,
         adapters: Mapping[str, str | Path] | None = None,
+        compile: bool = False,
     ) -> Pipeline:
         """Load a checkpoint folder (or ``tiny:VARIANT``; ``None`` = the tiny CogVLM2) with its tokenizer; `device`
         and `cuda_index` as :func:`pick_device` takes them.
@@ -85,6 +86,8 @@ class Pipeline:
 
         `adapter` (a PEFT adapter folder) is merged into the weights. `adapters` (name -> folder) are loaded side by
         side, unmerged, for the engine to apply per request (``GenerationRequest.adapter``), as a server does.
+
+        `compile` compiles the engine's decode step (see :mod:`coglens.engine.compiled`).
         """
         from .processing.tokenizer import load_tokenizer
 
@@ -118,7 +121,8 @@ class Pipeline:
 
             bank = AdapterBank(loaded, adapters)
         tok = load_tokenizer(path, tokenizer, config=loaded.config)
-        return cls(loaded, tok, Engine(loaded, tok, max_batch_size=max_batch_size, adapters=bank), path)
+        return cls(loaded, tok, Engine(loaded, tok, max_batch_size=max_batch_size, adapters=bank,
+                                            compile=compile), path)
 
     @property
     def config(self):

@@ -38,7 +38,13 @@ def test_flags_reach_the_settings(launched, tmp_path: Path):
     assert settings.allow_local_media == tmp_path and settings.cors_origins == ("https://a.example",)
     assert settings.limits.max_body_bytes == 1 << 20 and settings.limits.max_queue == 5
     assert settings.limits.max_video_seconds == 12 and settings.limits.request_timeout_s == 30
-    assert launched["app"].state.pipeline.engine.max_batch_size == 4
+    engine = launched["app"].state.pipeline.engine
+    assert engine.max_batch_size == 4
+    # compiled by default, and warmed up before serving: the graphs exist, the statistics start at zero
+    assert engine.decode_step.compiled and engine.stats.decode_steps == 0
+    from torch._dynamo.utils import counters
+
+    assert counters["stats"]["unique_graphs"] >= 1
     assert settings.served_model_names == ("cogvlm2", "cogvlm2_llama3_video")
 
 

@@ -72,6 +72,12 @@ AdapterOpt = Annotated[
                  "LoRA) to merge into the model's weights as it loads. Not with --quantize: merge it first with "
                  "`coglens merge-adapter`."),
 ]
+CompileOpt = Annotated[
+    bool,
+    typer.Option("--compile/--no-compile",
+                 help="Compile the decode step with torch.compile (CPU: needs a C++ compiler; CUDA: CUDA graphs). "
+                 "Faster decoding after a warm-up that compiles (seconds to minutes)."),
+]
 ImageOpt = Annotated[Path | None, typer.Option("--image", "-i", help="Image file to ask about.")]
 VideoOpt = Annotated[Path | None, typer.Option("--video", help="Video file to ask about (CogVLM2-Video).")]
 MaxNewTokensOpt = Annotated[int, typer.Option("--max-new-tokens", min=1, help="Most tokens to generate.")]

@@ -14,6 +14,7 @@ from coglens.processing.video.strategies import DEFAULT_NUM_FRAMES
 from ._options import (
     AdapterOpt,
     BoxesOutOpt,
+    CompileOpt,
     DeviceOpt,
     DtypeOpt,
     ImageOpt,
@@ -53,6 +54,7 @@ def ask(
     quantize: QuantizeOpt = None,
     quantize_vision: QuantizeVisionOpt = False,
     adapter: AdapterOpt = None,
+    compile: CompileOpt = False,
     max_new_tokens: MaxNewTokensOpt = 64,
     temperature: TemperatureOpt = 0.0,
     top_p: TopPOpt = 1.0,
@@ -81,7 +83,7 @@ def ask(
     picture = load_image(image) if image is not None else None  # an unreadable image fails before the model loads
     pipe = Pipeline.load(model, tokenizer=tokenizer, dtype=dtype, device=device, quantize=quantize,
                          quantize_vision=quantize_vision,
-                         adapter=adapter)
+                         adapter=adapter, compile=compile)
     images = load_media(pipe, image=picture, video=video, template=template, video_strategy=video_strategy,
                         num_frames=num_frames)
     answer = []

@@ -12,6 +12,7 @@ import typer
 from ._options import (
     AdapterOpt,
     BoxesOutOpt,
+    CompileOpt,
     DeviceOpt,
     DtypeOpt,
     ImageOpt,
@@ -55,6 +56,7 @@ def chat(
     quantize: QuantizeOpt = None,
     quantize_vision: QuantizeVisionOpt = False,
     adapter: AdapterOpt = None,
+    compile: CompileOpt = False,
     max_new_tokens: MaxNewTokensOpt = 512,
     temperature: TemperatureOpt = 0.0,
     top_p: TopPOpt = 1.0,
@@ -83,7 +85,7 @@ def chat(
     typer.echo("Loading the model...", err=True)
     pipe = Pipeline.load(model, tokenizer=tokenizer, dtype=dtype, device=device, max_batch_size=1,
                          quantize=quantize, quantize_vision=quantize_vision,
-                         adapter=adapter)
+                         adapter=adapter, compile=compile)
     session = ChatSession(pipe, template="base" if grounding else template, multi_image=multi_image)
     if image is not None:
         session.set_media(session.load_image(image))

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from ._options import (
+    CompileOpt,
     DeviceOpt,
     DtypeOpt,
     ModelOpt,
@@ -30,6 +31,7 @@ def serve(
     device: DeviceOpt = None,
     quantize: QuantizeOpt = None,
     quantize_vision: QuantizeVisionOpt = False,
+    compile: CompileOpt = True,
     host: Annotated[str, typer.Option("--host", help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port.")] = 8000,
     api_key: Annotated[str | None, typer.Option(
@@ -119,7 +121,10 @@ def serve(
     # Loading here (not in the lifespan) turns a bad --model into one clear error line instead of a traceback.
     pipeline = Pipeline.load(settings.model, tokenizer=tokenizer, dtype=dtype, device=device,
                              max_batch_size=max_batch_size, quantize=quantize, quantize_vision=quantize_vision,
-                             adapters=adapters)
+                             adapters=adapters, compile=compile)
+    if pipeline.engine.decode_step.compiled:
+        logging.getLogger("coglens.serve").info("compiling the decode step before serving (--no-compile skips this)")
+        pipeline.engine.warm_up()
     check_adapter_names(model_names(settings, pipeline), adapters)
     uvicorn.run(create_app(settings, pipeline=pipeline), host=host, port=port, log_level=log_level.lower(),
                 access_log=False)  # our own JSON access log replaces uvicorn's

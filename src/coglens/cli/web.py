@@ -8,6 +8,7 @@ import typer
 
 from ._options import (
     AdapterOpt,
+    CompileOpt,
     DeviceOpt,
     DtypeOpt,
     ModelOpt,
@@ -28,6 +29,7 @@ def web(
     quantize: QuantizeOpt = None,
     quantize_vision: QuantizeVisionOpt = False,
     adapter: AdapterOpt = None,
+    compile: CompileOpt = False,
     host: Annotated[str, typer.Option("--host", help="Interface to listen on (0.0.0.0: all).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on.")] = 7860,
     share: Annotated[bool, typer.Option("--share/--no-share", help="Also open a gradio.live link.")] = False,
@@ -48,6 +50,6 @@ def web(
 
     pipe = Pipeline.load(model, tokenizer=tokenizer, dtype=dtype, device=device,
                          max_batch_size=max_batch_size, quantize=quantize, quantize_vision=quantize_vision,
-                         adapter=adapter)
+                         adapter=adapter, compile=compile)
     typer.echo(f"Serving {pipe.model_path} on http://{host}:{port} (Ctrl-C stops)", err=True)
     launch(pipe, host=host, port=port, share=share)

@@ -30,10 +30,6 @@ logger = logging.getLogger(__name__)
 RECOMPILE_LIMIT = 32  # graphs per step function: batch buckets x (static, dynamic columns), with room to spare
 
 
-class CompileUnavailableError(RuntimeError):
-    """``compile=True`` on a model or machine where the compiled step cannot run."""
-
-
 def cxx_compiler() -> str | None:
     """The C++ compiler inductor would use on CPU (``$CXX``, else g++ / clang++ / c++), or None."""
     names = [os.environ["CXX"]] if os.environ.get("CXX") else ["g++", "clang++", "c++"]
@@ -88,15 +84,16 @@ class DecodeStep:
             self._compiled = self._build(adapters)
 
     def _build(self, adapters: Any) -> Any:
+        """The compiled function, or None (with a warning saying why) where the step stays uncompiled."""
+        why = None
         if adapters is not None:
-            raise CompileUnavailableError("compile=True with LoRA adapters served side by side is not supported "
-                                          "(each row picks its adapter at run time); run without --compile")
-        if getattr(self.model, "hf_quantizer", None) is not None:
-            raise CompileUnavailableError("compile=True on a quantized model is not supported (bitsandbytes and "
-                                          "torchao kernels are not traced); run without --compile")
-        if self.device.type == "cpu" and cxx_compiler() is None:
-            logger.warning("--compile: no C++ compiler found, which torch.compile needs on CPU; decoding "
-                           "uncompiled. To compile, %s.", _install_hint())
+            why = "LoRA adapters served side by side pick their weights per row at run time, which is not compiled"
+        elif getattr(self.model, "hf_quantizer", None) is not None:
+            why = "quantized weights (bitsandbytes, torchao) run kernels that are not compiled here"
+        elif self.device.type == "cpu" and cxx_compiler() is None:
+            why = f"torch.compile needs a C++ compiler on CPU and none was found; to compile, {_install_hint()}"
+        if why is not None:
+            logger.warning("--compile: decoding uncompiled: %s.", why)
             self.enabled = False
             return None
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)

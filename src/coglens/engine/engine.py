@@ -160,6 +160,17 @@ class Engine:
             self.release(r.request_id)
         return results
 
+    def warm_up(self) -> None:
+        """Compile the decode step before the first request waits for it (a no-op when it runs uncompiled): a
+        graph for batch 1 and one for larger batches (a dynamic size), both with a dynamic column count."""
+        if not self.decode_step.compiled:
+            return
+        ids = torch.ones(4, dtype=torch.long)
+        params = SamplingParams(max_new_tokens=3, ignore_eos=True)
+        for rows in sorted({1, min(2, self.max_batch_size)}):
+            self.generate([GenerationRequest(ids, torch.zeros_like(ids), params=params) for _ in range(rows)])
+        self.stats = EngineStats()  # the warm-up is not traffic
+
     def result(self, request_id: str) -> GenerationResult:
         seq = self._by_id[request_id]
         return GenerationResult(request_id, list(seq.generated), seq.text, seq.finish_reason or "abort",

@@ -280,7 +280,14 @@ class CogvlmModel(CogvlmPreTrainedModel):
 def _one_cache(past_key_values: Cache | None, cache: Cache | None) -> Cache | None:
     if past_key_values is not None and cache is not None and past_key_values is not cache:
         raise ModelInputError("pass the KV cache once, as cache= or past_key_values=, not both")
-    return cache if cache is not None else past_key_values
+    chosen = cache if cache is not None else past_key_values
+    if getattr(chosen, "is_compileable", False):
+        raise ModelInputError(
+            f"transformers' {type(chosen).__name__} (cache_implementation='static' and the like) is not supported by "
+            "CogVLM models: generate() runs with the default dynamic cache; for a static-cache, compiled decode use "
+            "coglens's engine (Engine(..., compile=True), `coglens serve --compile`)"
+        )
+    return chosen
 
 
 def _images_argument(images: ImagesArg, pixel_values: torch.Tensor | None) -> ImagesArg:
