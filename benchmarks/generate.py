@@ -1,10 +1,17 @@
-"""Generation speed on a mid-size synthetic CogVLM2-style model (CPU by default); prints a table.
+"""Generation speed on a mid-size synthetic CogVLM2-style model, eager against compiled; prints tables.
 
-    python benchmarks/generate.py [--device cpu] [--threads N] [--new-tokens 32]
+    python benchmarks/generate.py [--device cpu] [--threads N] [--dtypes float32,bfloat16] [--new-tokens 32]
+    python benchmarks/generate.py --llama-cpp /path/to/llama.cpp   # also llama.cpp on the same weights
 
-Measures load time and peak RSS while loading, image-encode time, prefill time, decode tokens/s at batch 1
-and 8, and decode ms/token at prompt lengths 512 and 2048. Targets (issue "Model core", part 11): batch 8 gives
->= 4x the tokens/s of batch 1; ms/token at 2048 <= 1.3x that at 512; load peak RSS <= 1.2x the weights' size.
+Per dtype: load time and peak RSS, image encode, prefill tokens/s (100 and 2 000 text tokens, an image prompt);
+per dtype and mode (eager / ``compile=True``): decode tokens/s at batch 1 (prompts of 100 and 2 000 tokens and an
+image prompt) and batch 8, against a bandwidth ceiling measured here: weight bytes a decode token reads (the
+language experts, norms and LM head) divided by the rate at which this machine streams a 1 GiB tensor.
+Targets (issue 18): batch-1 decode >= 80 % of the ceiling; decode at 2 000 tokens costs <= 1.1x decode at 100;
+batch 8 >= 5x batch 1; at least as fast as llama.cpp at the same precision (F32 / float32, F16 / bfloat16).
+
+``--llama-cpp DIR`` (a llama.cpp tree built with ``llama-bench``; see ``llama_cpp.py``) converts the benchmark's
+weights laid out as CogVLM-1 (llama.cpp runs CogVLM-1 only) and measures both programs on them.
 """
 
 from __future__ import annotations
@@ -19,15 +26,15 @@ from pathlib import Path
 
 import torch
 
-from coglens import Cogvlm2Config, CogvlmForCausalLM
+from coglens import Cogvlm2Config, CogvlmConfig, CogvlmForCausalLM
 from coglens.engine import Engine, GenerationRequest, SamplingParams
 
-MID_SIZE = dict(
-    vocab_size=32000, hidden_size=1024, intermediate_size=2816, num_hidden_layers=8, num_attention_heads=16,
-    num_multi_query_heads=4, max_position_embeddings=4096,
-    vision_config=dict(image_size=448, patch_size=14, hidden_size=768, intermediate_size=3072, num_heads=12,
-                       num_hidden_layers=6),
-)
+LANGUAGE = dict(vocab_size=32000, hidden_size=1024, intermediate_size=2816, num_hidden_layers=8,
+                num_attention_heads=16, max_position_embeddings=4096)
+VISION = dict(image_size=448, patch_size=14, hidden_size=768, intermediate_size=3072, num_heads=12,
+              num_hidden_layers=6)
+MID_SIZE = dict(**LANGUAGE, num_multi_query_heads=4, vision_config=VISION)
+LONG, SHORT = 2000, 100
 
 LOAD_PROBE = """
 import json, sys, time, torch
@@ -44,6 +51,7 @@ for p in model.parameters():  # touch every weight: safetensors maps them lazily
 print(json.dumps({"seconds": seconds, "before_mb": before, "peak_mb": status_mb('VmHWM')}))
 """
 
+
 class _NoText:
     """Detokenising is not what is measured here."""
 
@@ -53,11 +61,9 @@ class _NoText:
         return ""
 
 
-def build_checkpoint(folder: Path, dtype: torch.dtype) -> int:
+def build_checkpoint(folder: Path, dtype: torch.dtype, config: CogvlmConfig) -> None:
     torch.manual_seed(0)
-    model = CogvlmForCausalLM(Cogvlm2Config(**MID_SIZE)).to(dtype)
-    model.save_pretrained(folder, max_shard_size="300MB")
-    return sum(p.numel() * p.element_size() for p in model.parameters())
+    CogvlmForCausalLM(config).to(dtype).save_pretrained(folder, max_shard_size="300MB")
 
 
 def measure_load(folder: Path, dtype: str) -> dict:
@@ -66,23 +72,35 @@ def measure_load(folder: Path, dtype: str) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
+def stream_rate() -> float:
+    """Bytes per second this machine reads a 1 GiB tensor at (a sum: one pass, no writes): the ceiling."""
+    x = torch.ones(256 << 20, dtype=torch.float32)
+    x.sum()
+    return x.numel() * 4 / min(_seconds(x.sum) for _ in range(5))
+
+
+def decode_bytes(model: CogvlmForCausalLM) -> int:
+    """Weight bytes one decode token reads: language experts, norms and LM head; not the vision tower or the
+    vision experts (a generated token is a language token), one embedding row (ignored)."""
+    skip = ("model.vision.", "vision_expert", "vision_mlp", "embed_tokens")
+    return sum(p.numel() * p.element_size() for name, p in model.named_parameters() if not any(s in name for s in skip))
+
+
+def _seconds(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
 def timed(fn, repeat: int = 3) -> float:
     fn()  # warm-up
-    best = float("inf")
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
+    return min(_seconds(fn) for _ in range(repeat))
 
 
 def decode_rate(engine: Engine, prompts: list[tuple[torch.Tensor, torch.Tensor, list]], new_tokens: int) -> float:
-    """Generated tokens per second over the decode steps only (the prefill step is excluded).
-
-    Runs the same work once untimed first: the first pass at a new size pays for allocating its buffers.
-    """
-    _decode_once(engine, prompts, new_tokens)
-    return _decode_once(engine, prompts, new_tokens)
+    """Generated tokens per second over the decode steps only (the prefill step is excluded); the better of two
+    runs (the first run at a new size also pays for allocating its buffers)."""
+    return max(_decode_once(engine, prompts, new_tokens) for _ in range(2))
 
 
 def _decode_once(engine: Engine, prompts: list[tuple[torch.Tensor, torch.Tensor, list]], new_tokens: int) -> float:
@@ -96,62 +114,115 @@ def _decode_once(engine: Engine, prompts: list[tuple[torch.Tensor, torch.Tensor,
     return (engine.stats.generated_tokens - before) / (time.perf_counter() - t)
 
 
+def text_prompt(n: int, vocab: int) -> tuple[torch.Tensor, torch.Tensor, list]:
+    ids = torch.randint(3, vocab, (n,), generator=torch.Generator().manual_seed(n))
+    return ids, torch.zeros_like(ids), []
+
+
+def image_prompt(model: CogvlmForCausalLM) -> tuple[torch.Tensor, torch.Tensor, list]:
+    cfg = model.config
+    n_img, text = cfg.num_image_tokens, 64
+    ids = torch.cat([torch.tensor([1]), torch.zeros(n_img, dtype=torch.long), text_prompt(text, cfg.vocab_size)[0]])
+    types = torch.cat([torch.zeros(1), torch.ones(n_img), torch.zeros(text)]).long()
+    size = cfg.vision_config.image_size
+    return ids, types, [torch.randn(3, size, size, generator=torch.Generator().manual_seed(0))]
+
+
+def prefill_rows(model: CogvlmForCausalLM, device: str) -> list[tuple[str, str]]:
+    cfg = model.config
+    rows = []
+    image = image_prompt(model)
+    with torch.inference_mode():
+        encode = timed(lambda: model.model.encode_images([image[2]]))
+        rows.append((f"image encode (1 image, {cfg.vision_config.image_size} px)", f"{encode * 1e3:.0f} ms"))
+        for name, (ids, types, images) in ((f"{SHORT} text tokens", text_prompt(SHORT, cfg.vocab_size)),
+                                           (f"{LONG} text tokens", text_prompt(LONG, cfg.vocab_size)),
+                                           (f"image + 64 text ({ids_len(image)} tokens)", image)):
+            seconds = timed(lambda ids=ids, types=types, images=images: model(
+                input_ids=ids[None].to(device), token_type_ids=types[None].to(device), images=[images],
+                logits_to_keep=1), repeat=2)
+            rows.append((f"prefill tokens/s, {name}", f"{ids.numel() / seconds:.0f}"))
+    return rows
+
+
+def ids_len(prompt: tuple[torch.Tensor, torch.Tensor, list]) -> int:
+    return prompt[0].numel()
+
+
+def decode_row(model: CogvlmForCausalLM, compile: bool, new_tokens: int, ceiling: float,
+               batches: list[int]) -> dict[str, float]:
+    engine = Engine(model, _NoText(), max_batch_size=max(batches), compile=compile)
+    warm = _seconds(engine.warm_up)
+    vocab = model.config.vocab_size
+    b1 = f"b1 @{SHORT}"
+    row = {"warm-up s": warm,
+           b1: decode_rate(engine, [text_prompt(SHORT, vocab)], new_tokens),
+           f"b1 @{LONG}": decode_rate(engine, [text_prompt(LONG, vocab)], new_tokens),
+           "b1 image": decode_rate(engine, [image_prompt(model)], new_tokens)}
+    for b in batches:
+        if b > 1:
+            row[f"b{b} @{SHORT}"] = decode_rate(engine, [text_prompt(SHORT + i, vocab) for i in range(b)], new_tokens)
+    row["% ceiling"] = 100 * row[b1] / ceiling
+    row[f"{LONG}/{SHORT} cost"] = row[b1] / row[f"b1 @{LONG}"]
+    for b in batches:
+        if b > 1:
+            row[f"b{b}/b1"] = row[f"b{b} @{SHORT}"] / row[b1]
+    return row
+
+
+def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    print(f"\n{title}")
+    for r in [header, ["-" * w for w in widths], *rows]:
+        print(" | ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--modes", default="eager,compiled")
+    parser.add_argument("--batches", default="1,8", help="batch sizes of the decode table (GPU: 1,8,32)")
+    parser.add_argument("--llama-cpp", type=Path, default=None, help="a llama.cpp tree with llama-bench built")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    dtype = getattr(torch, args.dtype)
-    rows: list[tuple[str, str]] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "mid"
-        weight_bytes = build_checkpoint(folder, dtype)
-        load = measure_load(folder, args.dtype)
-        growth = load["peak_mb"] - load["before_mb"]
-        rows += [("weights", f"{weight_bytes / 2**20:.0f} MiB"),
-                 ("load time", f"{load['seconds']:.2f} s"),
-                 ("load peak RSS growth", f"{growth:.0f} MiB ({growth / (weight_bytes / 2**20):.2f}x weights)")]
-        model = CogvlmForCausalLM.from_pretrained(folder, torch_dtype=dtype, device_map=args.device).eval()
+    rate = stream_rate() if args.device == "cpu" else None
+    print(f"device={args.device} threads={torch.get_num_threads()} torch={torch.__version__}"
+          + (f" streaming read={rate / 1e9:.1f} GB/s" if rate else ""))
+    decode: list[list[str]] = []
+    for dtype_name in args.dtypes.split(","):
+        dtype = getattr(torch, dtype_name)
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp) / "mid"
+            build_checkpoint(folder, dtype, Cogvlm2Config(**MID_SIZE))
+            load = measure_load(folder, dtype_name) if args.device == "cpu" else None
+            model = CogvlmForCausalLM.from_pretrained(folder, torch_dtype=dtype, device_map=args.device).eval()
+        per_token = decode_bytes(model)
+        rows = [("weights read per decode token", f"{per_token / 2**20:.0f} MiB")]
+        if load:
+            growth = load["peak_mb"] - load["before_mb"]
+            size = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
+            rows += [("load time", f"{load['seconds']:.2f} s"),
+                     ("load peak RSS growth", f"{growth:.0f} MiB ({growth / size:.2f}x weights)")]
+        rows += prefill_rows(model, args.device)
+        print_table(f"{dtype_name}: load and prefill", ["metric", "value"], [list(r) for r in rows])
+        ceiling = rate / per_token if rate else float("nan")
+        for mode in args.modes.split(","):
+            row = decode_row(model, mode == "compiled", args.new_tokens, ceiling,
+                             [int(b) for b in args.batches.split(",")])
+            decode.append([dtype_name, mode, f"{ceiling:.1f}", *(f"{v:.1f}" if "/" not in k
+                                                                    else f"{v:.2f}x" for k, v in row.items())])
+            header = ["dtype", "mode", "ceiling tok/s", *row]
+        del model
+    print_table(f"decode tokens/s ({args.new_tokens} new tokens)", header, decode)
+    if args.llama_cpp is not None:
+        from llama_cpp import compare
 
-    cfg = model.config
-    engine = Engine(model, _NoText(), max_batch_size=8)
-    dev = engine.device
-    image = torch.randn(3, cfg.vision_config.image_size, cfg.vision_config.image_size)
-    with torch.inference_mode():
-        encode = timed(lambda: model.model.encode_images([[image]]))
-    n_img = cfg.num_image_tokens
-    text = torch.randint(3, cfg.vocab_size, (128,))
-    ids = torch.cat([torch.tensor([1]), torch.zeros(n_img, dtype=torch.long), text])
-    types = torch.cat([torch.zeros(1), torch.ones(n_img), torch.zeros(128)]).long()
-    with torch.inference_mode():
-        prefill = timed(lambda: model(input_ids=ids[None].to(dev), token_type_ids=types[None].to(dev),
-                                      images=[[image]], logits_to_keep=1))
-    rows += [(f"image encode (1 image, {cfg.vision_config.image_size} px)", f"{encode * 1e3:.0f} ms"),
-             (f"prefill ({ids.numel()} tokens incl. {n_img} image)", f"{prefill * 1e3:.0f} ms")]
-
-    image_prompt = (ids, types, [image])
-    b1 = decode_rate(engine, [image_prompt], args.new_tokens)
-    b8 = decode_rate(engine, [image_prompt] * 8, args.new_tokens)
-    rows += [("decode tokens/s, batch 1", f"{b1:.1f}"),
-             ("decode tokens/s, batch 8", f"{b8:.1f} ({b8 / b1:.1f}x batch 1)")]
-    per_token = {}
-    for length in (512, 2048):
-        prompt = torch.randint(3, cfg.vocab_size, (length,))
-        rate = decode_rate(engine, [(prompt, torch.zeros_like(prompt), [])], args.new_tokens)
-        per_token[length] = 1e3 / rate
-        rows.append((f"decode ms/token, prompt {length}", f"{per_token[length]:.1f}"))
-    rows.append(("ms/token 2048 vs 512", f"{per_token[2048] / per_token[512]:.2f}x"))
-
-    width = max(len(k) for k, _ in rows)
-    print(f"device={args.device} dtype={args.dtype} threads={torch.get_num_threads()} torch={torch.__version__}")
-    print(f"{'metric':<{width}} | value")
-    print(f"{'-' * width}-|------")
-    for k, v in rows:
-        print(f"{k:<{width}} | {v}")
+        compare(args.llama_cpp, LANGUAGE, args.dtypes.split(","), threads=torch.get_num_threads(),
+                new_tokens=args.new_tokens)
 
 
 if __name__ == "__main__":

@@ -208,3 +208,16 @@ def test_batched_sampling_draws_from_the_filtered_distribution():
     for token in support:  # each kept token's frequency within 4 standard deviations of its probability
         p = float(expected[token])
         assert abs(counts[token] / n - p) <= 4 * (p * (1 - p) / n) ** 0.5 + 1e-3
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (benchmarks/gpu.sh runs it)")
+def test_cuda_graphs_step_equals_eager_on_the_gpu(tiny_pipelines):
+    """The compiled CUDA step (inductor + CUDA graphs, replayed over bucketed windows) against the eager one."""
+    gpu = tiny_pipelines("cogvlm2", device="cuda")
+    prompts = _prompts(gpu)
+    compiled_gpu = Engine(gpu.model, gpu.tokenizer, max_batch_size=4, compile=True)
+    eager_gpu = Engine(gpu.model, gpu.tokenizer, max_batch_size=4)
+    assert compiled_gpu.decode_step.compiled
+    lengths = [30, 3, 140, 5, 7]
+    assert _run_staggered(compiled_gpu, prompts, lengths) == _run_staggered(eager_gpu, prompts, lengths)
+    assert compiled_gpu.decode_step.compiled  # nothing fell back
