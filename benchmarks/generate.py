@@ -72,11 +72,15 @@ def measure_load(folder: Path, dtype: str) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def stream_rate() -> float:
-    """Bytes per second this machine reads a 1 GiB tensor at (a sum: one pass, no writes): the ceiling."""
-    x = torch.ones(256 << 20, dtype=torch.float32)
-    x.sum()
-    return x.numel() * 4 / min(_seconds(x.sum) for _ in range(5))
+def stream_rate(device: str) -> float:
+    """Bytes per second ``device`` reads a 1 GiB tensor at (a sum: one pass, no writes): the ceiling."""
+    x = torch.ones(256 << 20, dtype=torch.float32, device=device)
+
+    def read() -> None:
+        x.sum().item()  # .item() waits for a GPU
+
+    read()
+    return x.numel() * 4 / min(_seconds(read) for _ in range(5))
 
 
 def decode_bytes(model: CogvlmForCausalLM) -> int:
@@ -189,9 +193,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    rate = stream_rate() if args.device == "cpu" else None
-    print(f"device={args.device} threads={torch.get_num_threads()} torch={torch.__version__}"
-          + (f" streaming read={rate / 1e9:.1f} GB/s" if rate else ""))
+    rate = stream_rate(args.device)
+    name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
+    print(f"device={args.device} ({name}) threads={torch.get_num_threads()} torch={torch.__version__} "
+          f"streaming read={rate / 1e9:.1f} GB/s")
     decode: list[list[str]] = []
     for dtype_name in args.dtypes.split(","):
         dtype = getattr(torch, dtype_name)
@@ -209,7 +214,7 @@ def main() -> None:
                      ("load peak RSS growth", f"{growth:.0f} MiB ({growth / size:.2f}x weights)")]
         rows += prefill_rows(model, args.device)
         print_table(f"{dtype_name}: load and prefill", ["metric", "value"], [list(r) for r in rows])
-        ceiling = rate / per_token if rate else float("nan")
+        ceiling = rate / per_token
         for mode in args.modes.split(","):
             row = decode_row(model, mode == "compiled", args.new_tokens, ceiling,
                              [int(b) for b in args.batches.split(",")])
