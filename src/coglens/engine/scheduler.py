@@ -292,7 +292,8 @@ class Scheduler:
             self._queue.clear()
             self._aborts.clear()
             old = self.engine
-            self.engine = Engine(old.model, old.tokenizer, max_batch_size=old.max_batch_size, adapters=old.adapters)
+            self.engine = Engine(old.model, old.tokenizer, max_batch_size=old.max_batch_size, adapters=old.adapters,
+                                 compile=old.decode_step.compiled)
             self.engine.stats = old.stats
         error = EngineFailureError(f"generation failed ({type(exc).__name__}: {exc}); the server log has details")
         for group in groups:
