@@ -1,7 +1,7 @@
 """Generation speed on a mid-size synthetic CogVLM2-style model, eager against compiled; prints tables.
 
     python benchmarks/generate.py [--device cpu] [--threads N] [--dtypes float32,bfloat16] [--new-tokens 32]
-    python benchmarks/generate.py --llama-cpp /path/to/llama.cpp   # also llama.cpp on the same weights
+    python benchmarks/generate.py --llama-cpp SRC --llama-bench BIN   # also llama.cpp on the same weights
 
 Per dtype: load time and peak RSS, image encode, prefill tokens/s (100 and 2 000 text tokens, an image prompt);
 per dtype and mode (eager / ``compile=True``): decode tokens/s at batch 1 (prompts of 100 and 2 000 tokens and an
@@ -10,8 +10,10 @@ language experts, norms and LM head) divided by the rate at which this machine s
 Targets (issue 18): batch-1 decode >= 80 % of the ceiling; decode at 2 000 tokens costs <= 1.1x decode at 100;
 batch 8 >= 5x batch 1; at least as fast as llama.cpp at the same precision (F32 / float32, F16 / bfloat16).
 
-``--llama-cpp DIR`` (a llama.cpp tree built with ``llama-bench``; see ``llama_cpp.py``) converts the benchmark's
-weights laid out as CogVLM-1 (llama.cpp runs CogVLM-1 only) and measures both programs on them.
+``--llama-cpp SRC --llama-bench BIN`` (a llama.cpp source tree and its built ``llama-bench``; recipe in
+``llamacpp.py``) also builds the same language model laid out as CogVLM-1 (llama.cpp runs CogVLM-1 only: no
+grouped-query attention), converts it to GGUF and times both programs on it: decode from a short prompt (as
+llama-bench's tg test) and prefill of 100 tokens.
 """
 
 from __future__ import annotations
@@ -174,6 +176,48 @@ def decode_row(model: CogvlmForCausalLM, compile: bool, new_tokens: int, ceiling
     return row
 
 
+GGUF_TYPE = {"float32": "f32", "bfloat16": "f16", "float16": "f16"}  # bf16 pairs with F16: llama.cpp's fast one
+
+
+def compare_llama_cpp(tree: Path, llama_bench: Path, dtypes: list[str], new_tokens: int) -> None:
+    """llama.cpp and CogLens on the same CogVLM-1 weights: decode from an 8-token prompt and 100-token prefill."""
+    from llamacpp import bench, convert
+
+    threads = torch.get_num_threads()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "cogvlm1"
+        build_checkpoint(folder, torch.float32, CogvlmConfig(**LANGUAGE, vision_config={**VISION, "image_size": 224}))
+        for dtype_name in dtypes:
+            outtype = GGUF_TYPE[dtype_name]
+            gguf = convert(folder, tree, outtype, Path(tmp) / "gguf")
+            theirs = bench(llama_bench, gguf, threads, 0, new_tokens)
+            their_prefill = bench(llama_bench, gguf, threads, SHORT, 0)
+            gguf.unlink()
+            ours, prefill = _coglens_rates(folder, getattr(torch, dtype_name), new_tokens)
+            rows.append([f"{dtype_name} vs {outtype.upper()}", f"{theirs:.1f}", f"{ours['eager']:.1f}",
+                         f"{ours['compiled']:.1f}", f"{ours['compiled'] / theirs:.2f}x", f"{their_prefill:.0f}",
+                         f"{prefill:.0f}"])
+    print_table(f"CogVLM-1 layout, same weights: CogLens vs llama.cpp ({threads} threads, tokens/s)",
+                ["precision", "llama.cpp decode", "CogLens eager", "CogLens compiled", "compiled / llama.cpp",
+                 f"llama.cpp prefill {SHORT}", f"CogLens prefill {SHORT}"], rows)
+
+
+def _coglens_rates(folder: Path, dtype: torch.dtype, new_tokens: int) -> tuple[dict[str, float], float]:
+    """CogLens's decode tokens/s (eager and compiled, from an 8-token prompt) and prefill tokens/s (100 tokens)."""
+    model = CogvlmForCausalLM.from_pretrained(folder, torch_dtype=dtype).eval()
+    prompt = text_prompt(8, model.config.vocab_size)
+    ours = {}
+    for mode in ("eager", "compiled"):
+        engine = Engine(model, _NoText(), max_batch_size=1, compile=mode == "compiled")
+        engine.warm_up()
+        ours[mode] = decode_rate(engine, [prompt], new_tokens)
+    ids, types, _ = text_prompt(SHORT, model.config.vocab_size)
+    with torch.inference_mode():
+        seconds = timed(lambda: model(input_ids=ids[None], token_type_ids=types[None], logits_to_keep=1), repeat=2)
+    return ours, SHORT / seconds
+
+
 def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     print(f"\n{title}")
@@ -189,7 +233,8 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--modes", default="eager,compiled")
     parser.add_argument("--batches", default="1,8", help="batch sizes of the decode table (GPU: 1,8,32)")
-    parser.add_argument("--llama-cpp", type=Path, default=None, help="a llama.cpp tree with llama-bench built")
+    parser.add_argument("--llama-cpp", type=Path, default=None, help="a llama.cpp source tree (the converter)")
+    parser.add_argument("--llama-bench", type=Path, default=None, help="llama.cpp's built llama-bench")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -224,10 +269,9 @@ def main() -> None:
         del model
     print_table(f"decode tokens/s ({args.new_tokens} new tokens)", header, decode)
     if args.llama_cpp is not None:
-        from llama_cpp import compare
-
-        compare(args.llama_cpp, LANGUAGE, args.dtypes.split(","), threads=torch.get_num_threads(),
-                new_tokens=args.new_tokens)
+        if args.llama_bench is None:
+            parser.error("--llama-cpp needs --llama-bench (the llama-bench binary built from that tree)")
+        compare_llama_cpp(args.llama_cpp, args.llama_bench, args.dtypes.split(","), args.new_tokens)
 
 
 if __name__ == "__main__":
