@@ -75,7 +75,7 @@ class Pipeline:
         quantize_vision: bool = False,
         adapter: str | Path | None = None,
         adapters: Mapping[str, str | Path] | None = None,
-        compile: bool = False,
+        compile: bool | str = False,
     ) -> Pipeline:
         """Load a checkpoint folder (or ``tiny:VARIANT``; ``None`` = the tiny CogVLM2) with its tokenizer; `device`
         and `cuda_index` as :func:`pick_device` takes them.

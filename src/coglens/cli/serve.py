@@ -9,7 +9,6 @@ from typing import Annotated
 import typer
 
 from ._options import (
-    CompileOpt,
     DeviceOpt,
     DtypeOpt,
     ModelOpt,
@@ -31,7 +30,10 @@ def serve(
     device: DeviceOpt = None,
     quantize: QuantizeOpt = None,
     quantize_vision: QuantizeVisionOpt = False,
-    compile: CompileOpt = True,
+    compile: Annotated[bool | None, typer.Option(
+        "--compile/--no-compile",
+        help="Compile the decode step with torch.compile before serving (default: on the CPU, where it is measured "
+             "to pay; CUDA graphs with --compile).")] = None,
     host: Annotated[str, typer.Option("--host", help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port.")] = 8000,
     api_key: Annotated[str | None, typer.Option(
@@ -121,7 +123,7 @@ def serve(
     # Loading here (not in the lifespan) turns a bad --model into one clear error line instead of a traceback.
     pipeline = Pipeline.load(settings.model, tokenizer=tokenizer, dtype=dtype, device=device,
                              max_batch_size=max_batch_size, quantize=quantize, quantize_vision=quantize_vision,
-                             adapters=adapters, compile=compile)
+                             adapters=adapters, compile="auto" if compile is None else compile)
     if pipeline.engine.decode_step.compiled:
         logging.getLogger("coglens.serve").info("compiling the decode step before serving (--no-compile skips this)")
         pipeline.engine.warm_up()

@@ -7,14 +7,19 @@ hundreds of kernel launches. Rows and columns are bucketed (see :mod:`coglens.en
 is a dynamic dimension, so a handful of graphs serve a session.
 
 A step runs eagerly whenever a forward hook or pre-hook sits on a module the step runs (the lens's captures and
-interventions, accelerate's offloading): a compiled graph would not call hooks registered after it was traced.
-The lens therefore always sees the uncompiled step, by design; the tokens are the same.
+interventions), or accelerate has wrapped one (``device_map`` offloading): a compiled graph would not call hooks
+registered after it was traced. The lens therefore always sees the uncompiled step, by design; the tokens are the
+same.
+
+``compile="auto"`` (``coglens serve``'s default) compiles where it is a measured win: on the CPU (see
+``benchmarks/README.md``); CUDA graphs are implemented but were not measured on a GPU here, so CUDA needs
+``compile=True``. Compiling sets two process-wide torch settings: dynamo's recompile limit (raised to
+``RECOMPILE_LIMIT``) and the limits of inductor's matrix-vector decomposition.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import sys
 from typing import Any
@@ -31,10 +36,11 @@ RECOMPILE_LIMIT = 32  # graphs per step function: batch buckets x (static, dynam
 
 
 def cxx_compiler() -> str | None:
-    """The C++ compiler inductor would use on CPU (``$CXX``, else g++ / clang++ / c++), or None."""
-    names = [os.environ["CXX"]] if os.environ.get("CXX") else ["g++", "clang++", "c++"]
-    if sys.platform == "win32":
-        names.append("cl")
+    """The C++ compiler inductor will call on CPU (its ``cpp.cxx`` setting: ``$CXX`` when torch was imported,
+    else g++, or clang++ on macOS; ``cl`` on Windows), if it is installed."""
+    from torch._inductor import config
+
+    names = [name for name in config.cpp.cxx if name] + (["cl"] if sys.platform == "win32" else [])
     return next((path for name in names if (path := shutil.which(name))), None)
 
 
@@ -73,27 +79,32 @@ class DecodeStep:
     """One decode forward: ``compile=True`` compiles it (see the module's notes); the eager path is the model's
     own forward, through ``forward`` (the engine's, which knows about adapters)."""
 
-    def __init__(self, model: nn.Module, device: torch.device, *, compile: bool, adapters: Any = None) -> None:
+    def __init__(self, model: nn.Module, device: torch.device, *, compile: bool | str, adapters: Any = None) -> None:
+        if compile not in (True, False, "auto"):
+            raise ValueError(f"compile={compile!r}: use True, False or 'auto'")
         self.model = model
         self.device = device
-        self.enabled = compile
+        self.enabled = compile is True or (compile == "auto" and device.type == "cpu")
         self._compiled: Any = None
         # the modules a decode step runs (not the vision tower): where a hook would have to fire
         self._watched = [m for name, m in model.named_modules() if ".vision." not in f".{name}."]
-        if compile:
-            self._compiled = self._build(adapters)
+        if self.enabled:
+            self._compiled = self._build(adapters, asked=compile is True)
 
-    def _build(self, adapters: Any) -> Any:
-        """The compiled function, or None (with a warning saying why) where the step stays uncompiled."""
+    def _build(self, adapters: Any, *, asked: bool) -> Any:
+        """The compiled function, or None where the step stays uncompiled (a warning says why when compiling was
+        asked for; with ``"auto"`` an info line)."""
         why = None
-        if adapters is not None:
+        if self.device.type not in ("cpu", "cuda"):
+            why = f"compiling is implemented for CPU and CUDA, not {self.device.type}"
+        elif adapters is not None:
             why = "LoRA adapters served side by side pick their weights per row at run time, which is not compiled"
         elif getattr(self.model, "hf_quantizer", None) is not None:
             why = "quantized weights (bitsandbytes, torchao) run kernels that are not compiled here"
         elif self.device.type == "cpu" and cxx_compiler() is None:
             why = f"torch.compile needs a C++ compiler on CPU and none was found; to compile, {_install_hint()}"
         if why is not None:
-            logger.warning("--compile: decoding uncompiled: %s.", why)
+            logger.log(logging.WARNING if asked else logging.INFO, "the decode step runs uncompiled: %s.", why)
             self.enabled = False
             return None
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
@@ -112,7 +123,7 @@ class DecodeStep:
             return False
         if module_globals._global_forward_hooks or module_globals._global_forward_pre_hooks:
             return False
-        return not any(m._forward_hooks or m._forward_pre_hooks for m in self._watched)
+        return not any(m._forward_hooks or m._forward_pre_hooks or hasattr(m, "_hf_hook") for m in self._watched)
 
     def run_compiled(self, slots: DecodeSlots, window: StepWindow) -> torch.Tensor | None:
         """(B, vocab) float32 logits of a bucketed window, or None if compiling failed (then the step is
@@ -120,6 +131,8 @@ class DecodeStep:
         _mark_dynamic_columns(window.attention_mask)
         try:
             return self._compiled(self.model, window.input_ids, window.position_ids, window.attention_mask, slots)
+        except torch.OutOfMemoryError:
+            raise  # the step's own failure, not the compiler's: the engine's usual error path
         except Exception as exc:  # a compiler failure must not take down generation; the uncompiled step works
             logger.warning("--compile: compiling the decode step failed (%s: %s); decoding uncompiled from now on",
                            type(exc).__name__, exc)

@@ -64,12 +64,13 @@ class Engine:
     """``adapters``: LoRA adapters that requests pick by name (``GenerationRequest.adapter``); rows of different
     adapters are prefilled one adapter at a time and decoded in one batch, each with its own adapter.
 
-    ``compile``: run decode steps through ``torch.compile`` (see :mod:`coglens.engine.compiled`); the first step
-    at each batch size bucket compiles (seconds to minutes), later ones reuse the graph.
+    ``compile``: run decode steps through ``torch.compile`` (True, False, or "auto": where measured to pay, see
+    :mod:`coglens.engine.compiled`); the first step at batch 1 and at a larger batch compiles (seconds to minutes,
+    or ahead of time with :meth:`warm_up`), later ones reuse the graphs.
     """
 
     def __init__(self, model: Any, tokenizer: Any, *, max_batch_size: int = 8,
-                 adapters: AdapterBank | None = None, compile: bool = False) -> None:
+                 adapters: AdapterBank | None = None, compile: bool | str = False) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.adapters = adapters
@@ -323,10 +324,11 @@ class Engine:
                                 position_ids=window.position_ids, past_key_values=self._slots, use_cache=True)
             logits = out.logits[:, -1]
         b = window.rows
+        logits = logits[:b]
         self.stats.decode_steps += 1
         self.stats.decode_rows += b
         self.stats.mixed_adapter_steps += len({s.request.adapter for s in self._running}) > 1
-        tokens, events = self._sample(self._running, logits[:b])
+        tokens, events = self._sample(self._running, logits)
         self._slots.end_step(tokens)
         return events
 
@@ -339,11 +341,15 @@ class Engine:
         tokens = torch.full((len(seqs),), self.pad_id, dtype=torch.long, device=self.device)
         draws: dict[int, Draw] = {}
         if batched:
-            index = torch.tensor(batched, device=self.device)
-            chosen, batch_draws = sample_batch(logits.index_select(0, index),
+            every_row = len(batched) == len(seqs)
+            index = None if every_row else torch.tensor(batched, device=self.device)
+            chosen, batch_draws = sample_batch(logits if index is None else logits.index_select(0, index),
                                                [seqs[row].request.params for row in batched],
                                                [seqs[row].generator for row in batched])
-            tokens[index] = chosen
+            if index is None:
+                tokens = chosen
+            else:
+                tokens[index] = chosen
             draws.update(zip(batched, batch_draws, strict=True))
         for row in live:
             if row not in draws:
@@ -426,10 +432,7 @@ class Engine:
         if len(keep) == len(self._running):
             return
         self._running = [self._running[i] for i in keep]
-        if not keep:
-            self._reset_batch()  # frees the storage
-            return
-        self._slots.keep(keep)
+        self._slots.keep(keep)  # the storage stays for the next requests (a CUDA graph keeps its addresses)
 
 
 def _prompt_logprobs(logits: torch.Tensor, request: GenerationRequest) -> PromptLogprobs:

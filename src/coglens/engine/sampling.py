@@ -104,10 +104,10 @@ def sample_batch(logits: torch.Tensor, params: list[SamplingParams],
     row's own generator), so a seeded row gives the same tokens whatever else is in the batch.
     """
     logits = logits.float()
-    greedy = torch.tensor([p.greedy for p in params], device=logits.device)
     logprobs = torch.log_softmax(logits, -1)
     tokens = logits.argmax(-1)
     if not all(p.greedy for p in params):
+        greedy = torch.tensor([p.greedy for p in params], device=logits.device)
         sampled_logprobs, sampled = _sample_rows(logits, params, generators)
         tokens = torch.where(greedy, tokens, sampled)
         logprobs = torch.where(greedy[:, None], logprobs, sampled_logprobs)
@@ -139,12 +139,13 @@ def _sample_rows(logits: torch.Tensor, params: list[SamplingParams],
         kth = ordered.gather(1, (top_k - 1)[:, None])
         ordered = ordered.masked_fill(ordered < kth, float("-inf"))  # top-k first, then top-p over what is left
         probs = ordered.softmax(-1)
-        drop = (probs.cumsum(-1) - probs >= top_p[:, None]) | (ordered == float("-inf"))
+        # rows without top-p drop nothing by it (a float32 cumsum reaches 1 before the vocabulary's end)
+        drop = ((probs.cumsum(-1) - probs >= top_p[:, None]) & (top_p[:, None] < 1.0)) | (ordered == float("-inf"))
         drop[:, 0] = False  # the likeliest token always stays
         scaled = scaled.masked_fill(torch.zeros_like(drop).scatter(1, order, drop), float("-inf"))
     probs = scaled.softmax(-1)
     noise = torch.stack([torch.ones(vocab, device=device) if p.greedy
-                         else torch.empty(vocab, device=device).exponential_(generator=g)
+                         else torch.empty(vocab, device=device).exponential_(generator=g).clamp_(min=_FLOAT32.tiny)
                          for p, g in zip(params, generators, strict=True)])
     return torch.log(probs), (probs / noise).argmax(-1)
 

@@ -64,8 +64,9 @@ class DecodeSlots:
     def update(self, k: torch.Tensor, v: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         b, columns = self._step_mask.shape
         keys, values = self._k[layer_idx][:b], self._v[layer_idx][:b]
-        keys.index_copy_(2, self._column, k)
-        values.index_copy_(2, self._column, v)
+        column = self._column.to(keys.device)  # a no-op, but for layers placed on another GPU (device_map)
+        keys.index_copy_(2, column, k)
+        values.index_copy_(2, column, v)
         return keys[:, :, :columns], values[:, :, :columns]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
@@ -110,6 +111,7 @@ class DecodeSlots:
         for store, fresh in ((self._k, cache.keys), (self._v, cache.values)):
             for layer, t in zip(store, fresh, strict=True):
                 layer[rows, :, :self.width] = pad_left(t, self.width, dim=2)
+                layer[rows, :, self.width:] = 0  # a free slot's masked columns held what padding rows computed
         self._mask[rows] = 0
         self._mask[rows, :self.width] = pad_left(mask, self.width)
         self._types[rows, :self.width] = pad_left(types, self.width)
@@ -132,9 +134,9 @@ class DecodeSlots:
             self._shift_left(first)
 
     def _gather(self, rows: list[int]) -> None:
-        index = torch.tensor(rows, device=self.device)
+        index = torch.tensor(rows)
         for t in (*self._k, *self._v, self._mask, self._types, self.positions, self.last):
-            t[:len(rows)] = t.index_select(0, index)
+            t[:len(rows)] = t.index_select(0, index.to(t.device))
         self.rows = len(rows)
 
     # --- storage ---------------------------------------------------------------------------------------
