@@ -116,7 +116,7 @@ def test_seeded_sampling_is_the_same_compiled_batched_and_alone(pipe, compiled):
     assert batched[0].token_ids == alone.token_ids == in_compiled.token_ids
 
 
-def test_hooks_make_the_step_eager_and_fire_on_every_decode_step(pipe, compiled):
+def test_hooks_make_a_compiled_step_eager_and_fire_on_every_decode_step(pipe, compiled):
     """By design the lens runs the uncompiled step: a compiled graph would skip hooks registered after tracing."""
     x = _prompts(pipe)[1]
     params = SamplingParams(max_new_tokens=6, ignore_eos=True)
