@@ -143,16 +143,12 @@ def prefill_rows(model: CogvlmForCausalLM, device: str) -> list[tuple[str, str]]
         rows.append((f"image encode (1 image, {cfg.vision_config.image_size} px)", f"{encode * 1e3:.0f} ms"))
         for name, (ids, types, images) in ((f"{SHORT} text tokens", text_prompt(SHORT, cfg.vocab_size)),
                                            (f"{LONG} text tokens", text_prompt(LONG, cfg.vocab_size)),
-                                           (f"image + 64 text ({ids_len(image)} tokens)", image)):
+                                           (f"image + 64 text ({image[0].numel()} tokens)", image)):
             seconds = timed(lambda ids=ids, types=types, images=images: model(
                 input_ids=ids[None].to(device), token_type_ids=types[None].to(device), images=[images],
                 logits_to_keep=1), repeat=2)
             rows.append((f"prefill tokens/s, {name}", f"{ids.numel() / seconds:.0f}"))
     return rows
-
-
-def ids_len(prompt: tuple[torch.Tensor, torch.Tensor, list]) -> int:
-    return prompt[0].numel()
 
 
 def decode_row(model: CogvlmForCausalLM, compile: bool, new_tokens: int, ceiling: float,

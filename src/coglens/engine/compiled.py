@@ -84,11 +84,11 @@ class DecodeStep:
             raise ValueError(f"compile={compile!r}: use True, False or 'auto'")
         self.model = model
         self.device = device
-        self.enabled = compile is True or (compile == "auto" and device.type == "cpu")
+        self._enabled = compile is True or (compile == "auto" and device.type == "cpu")
         self._compiled: Any = None
         # the modules a decode step runs (not the vision tower): where a hook would have to fire
         self._watched = [m for name, m in model.named_modules() if ".vision." not in f".{name}."]
-        if self.enabled:
+        if self._enabled:
             self._compiled = self._build(adapters, asked=compile is True)
 
     def _build(self, adapters: Any, *, asked: bool) -> Any:
@@ -105,7 +105,7 @@ class DecodeStep:
             why = f"torch.compile needs a C++ compiler on CPU and none was found; to compile, {_install_hint()}"
         if why is not None:
             logger.log(logging.WARNING if asked else logging.INFO, "the decode step runs uncompiled: %s.", why)
-            self.enabled = False
+            self._enabled = False
             return None
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
         if self.device.type == "cuda":
@@ -115,11 +115,11 @@ class DecodeStep:
     @property
     def compiled(self) -> bool:
         """Whether steps run compiled (False when compile was off, or fell back)."""
-        return self.enabled
+        return self._enabled
 
     def use_compiled(self) -> bool:
         """Compiled for this step: enabled, and no hook anywhere on the step's modules."""
-        if not self.enabled:
+        if not self._enabled:
             return False
         if module_globals._global_forward_hooks or module_globals._global_forward_pre_hooks:
             return False
@@ -136,7 +136,7 @@ class DecodeStep:
         except Exception as exc:  # a compiler failure must not take down generation; the uncompiled step works
             logger.warning("--compile: compiling the decode step failed (%s: %s); decoding uncompiled from now on",
                            type(exc).__name__, exc)
-            self.enabled = False
+            self._enabled = False
             return None
 
 

@@ -338,25 +338,24 @@ class Engine:
         others one by one; finished rows (riding along until retired) are fed the pad token."""
         live = [row for row, seq in enumerate(seqs) if seq.finish_reason is None]
         batched = [row for row in live if not needs_history(seqs[row].request.params)]
-        tokens = torch.full((len(seqs),), self.pad_id, dtype=torch.long, device=self.device)
+        params = [seqs[row].request.params for row in batched]
+        generators = [seqs[row].generator for row in batched]
         draws: dict[int, Draw] = {}
-        if batched:
-            every_row = len(batched) == len(seqs)
-            index = None if every_row else torch.tensor(batched, device=self.device)
-            chosen, batch_draws = sample_batch(logits if index is None else logits.index_select(0, index),
-                                               [seqs[row].request.params for row in batched],
-                                               [seqs[row].generator for row in batched])
-            if index is None:
-                tokens = chosen
-            else:
+        if len(batched) == len(seqs):  # the usual step: every row at once, no gathering
+            tokens, batch_draws = sample_batch(logits, params, generators)
+        else:
+            tokens = torch.full((len(seqs),), self.pad_id, dtype=torch.long, device=self.device)
+            batch_draws = []
+            if batched:
+                index = torch.tensor(batched, device=self.device)
+                chosen, batch_draws = sample_batch(logits.index_select(0, index), params, generators)
                 tokens[index] = chosen
-            draws.update(zip(batched, batch_draws, strict=True))
+        draws.update(zip(batched, batch_draws, strict=True))
         for row in live:
             if row not in draws:
                 seq = seqs[row]
-                params = seq.request.params
-                draws[row] = sample_next(logits[row], params, seq.request.input_ids, seq.generated, seq.generator,
-                                         self._watermark_for(params))
+                draws[row] = sample_next(logits[row], seq.request.params, seq.request.input_ids, seq.generated,
+                                         seq.generator, self._watermark_for(seq.request.params))
                 tokens[row] = draws[row].token
         events = [self._advance(seqs[row], draws[row], prompt_logprobs[row] if prompt_logprobs else None)
                   for row in live]

@@ -81,13 +81,12 @@ class DecodeSlots:
 
     def begin_step(self, *, bucketed: bool) -> StepWindow:
         """Mark column ``width`` as this step's token in every running row and return the step's window."""
-        self._ensure(self.rows, self.width + 1)
         rows, col = self.rows, self.width
+        b, columns = (bucket(rows), bucket(col + 1, MIN_COLUMNS)) if bucketed else (rows, col + 1)
+        self._ensure(b, columns)
         self._mask[:rows, col] = 1
         self._types[:rows, col] = 0  # generated tokens are language tokens
         self._column.fill_(col)
-        b, columns = (bucket(rows), bucket(col + 1, MIN_COLUMNS)) if bucketed else (rows, col + 1)
-        self._ensure(b, columns)
         self._step_mask = self._mask[:b, :columns]
         self.token_types = self._types[:b, :columns]
         return StepWindow(self.last[:b, None], self.positions[:b, None], self._step_mask, rows)
